@@ -1,0 +1,34 @@
+# The README's two commands: `make run` (main job) and `make test`. Both set up everything first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install system-deps run test lint bench clean
+
+# Debian packages: bubblewrap isolates generated code in the HumanEval sandbox.
+system-deps:
+	@if ! command -v bwrap >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = "0" ]; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null) \
+	      || echo "warning: could not install bubblewrap; the code sandbox will run with reduced isolation"; \
+	  else echo "warning: bubblewrap missing and not root; the code sandbox will run with reduced isolation"; fi; \
+	fi
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+install: system-deps $(STAMP)
+
+run: install
+	$(VENV)/bin/sst-merge demo
+
+test: install
+	$(VENV)/bin/ruff check src tests
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

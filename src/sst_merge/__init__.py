@@ -1,0 +1,3 @@
+"""SST-Merge: safety-subspace-targeted merging of LoRA adapters."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,170 @@
+"""LoRA adapters in PEFT's directory format: load, validate against a base model, compute ΔW.
+
+An adapter is a mapping from base-model module names (``model.layers.0.self_attn.q_proj``) to
+``LoraFactors`` (A, B, scale) with ``ΔW = scale · B @ A`` in float32, whatever the stored dtype.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from sst_merge.errors import InputError
+
+CONFIG_NAME = "adapter_config.json"
+SAFETENSORS_NAME = "adapter_model.safetensors"
+BIN_NAME = "adapter_model.bin"
+
+# PEFT stores weights under "base_model.model.<module>.lora_{A,B}.weight" (no adapter name).
+_KEY_RE = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<which>[AB])(?:\.[^.]+)?\.weight$")
+
+
+@dataclass(frozen=True)
+class LoraFactors:
+    """One module's LoRA update ``ΔW = scale · B @ A``.
+
+    A: (r, d_in) float32, B: (d_out, r) float32, scale: alpha/r (or alpha/√r for rsLoRA).
+    """
+
+    A: torch.Tensor
+    B: torch.Tensor
+    scale: float
+
+    @property
+    def rank(self) -> int:
+        return int(self.A.shape[0])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(d_out, d_in) of the ΔW this update adds."""
+        return int(self.B.shape[0]), int(self.A.shape[1])
+
+    def delta(self) -> torch.Tensor:
+        """Dense ΔW (d_out, d_in), float32."""
+        return self.scale * (self.B @ self.A)
+
+
+@dataclass
+class LoraAdapter:
+    """A loaded PEFT LoRA adapter: its directory, its config and its per-module factors."""
+
+    path: Path
+    config: dict[str, Any]
+    modules: dict[str, LoraFactors] = field(default_factory=dict)
+
+    @property
+    def base_model_name_or_path(self) -> str | None:
+        return self.config.get("base_model_name_or_path")
+
+
+def lora_scale(alpha: float, rank: int, use_rslora: bool) -> float:
+    """PEFT's scaling: alpha/r, or alpha/√r with rsLoRA."""
+    return alpha / math.sqrt(rank) if use_rslora else alpha / rank
+
+
+def _pattern_value(pattern: dict[str, Any], module: str, default: Any) -> Any:
+    """PEFT's rank_pattern/alpha_pattern lookup: a key matches a module name ending in it."""
+    for key, value in pattern.items():
+        if re.match(rf"(.*\.)?({key})$", module):
+            return value
+    return default
+
+
+def read_adapter_config(path: str | Path) -> dict[str, Any]:
+    """Read and check ``adapter_config.json`` of the adapter directory `path`."""
+    path = Path(path)
+    if not path.is_dir():
+        raise InputError("adapter directory not found", path)
+    cfg_path = path / CONFIG_NAME
+    if not cfg_path.is_file():
+        raise InputError(f"missing {CONFIG_NAME}: not a PEFT adapter directory", path)
+    try:
+        config = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"corrupt JSON ({exc})", cfg_path) from exc
+    if not isinstance(config, dict):
+        raise InputError("expected a JSON object", cfg_path)
+    peft_type = str(config.get("peft_type", "LORA")).upper()
+    if peft_type != "LORA":
+        raise InputError(f"peft_type is {peft_type}; only LORA adapters can be merged", cfg_path)
+    if config.get("use_dora"):
+        raise InputError("DoRA adapters (use_dora=true) are not supported", cfg_path)
+    if config.get("fan_in_fan_out"):
+        raise InputError("fan_in_fan_out=true (Conv1D layers) is not supported", cfg_path)
+    for key in ("r", "lora_alpha"):
+        if key in config and not isinstance(config[key], int | float):
+            raise InputError(f"{key} must be a number, got {config[key]!r}", cfg_path)
+    return config
+
+
+def _load_weights(path: Path) -> tuple[Path, dict[str, torch.Tensor]]:
+    st, bin_ = path / SAFETENSORS_NAME, path / BIN_NAME
+    try:
+        if st.is_file():
+            return st, load_file(str(st), device="cpu")
+        if bin_.is_file():
+            # Never unpickle arbitrary objects from an adapter file.
+            return bin_, torch.load(str(bin_), map_location="cpu", weights_only=True)
+    except (SafetensorError, RuntimeError, OSError, EOFError, ValueError) as exc:
+        bad = st if st.is_file() else bin_
+        raise InputError(f"corrupt adapter weights ({type(exc).__name__}: {exc})", bad) from exc
+    raise InputError(f"missing {SAFETENSORS_NAME} (or {BIN_NAME})", path)
+
+
+def load_adapter(path: str | Path) -> LoraAdapter:
+    """Load a PEFT LoRA adapter directory into float32 per-module factors.
+
+    Raises InputError (naming the file) for a missing or corrupt config or weights, unpaired
+    A/B tensors, inconsistent ranks, unsupported LoRA variants, or NaN/Inf values.
+    """
+    path = Path(path)
+    config = read_adapter_config(path)
+    weights_file, state = _load_weights(path)
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in state.items():
+        if "lora_embedding_" in key or "lora_magnitude_vector" in key:
+            raise InputError(f"unsupported LoRA tensor {key} (only Linear LoRA is supported)", weights_file)
+        match = _KEY_RE.match(key)
+        if match is None:
+            raise InputError(f"unexpected tensor {key} (not a LoRA A/B weight)", weights_file)
+        pairs.setdefault(match["module"], {})[match["which"]] = tensor
+    if not pairs:
+        raise InputError("no LoRA weights in file", weights_file)
+
+    default_alpha = float(config.get("lora_alpha", config.get("r", 8)))
+    use_rslora = bool(config.get("use_rslora", False))
+    modules: dict[str, LoraFactors] = {}
+    for module, ab in sorted(pairs.items()):
+        if set(ab) != {"A", "B"}:
+            raise InputError(f"module {module} has lora_{''.join(ab)} but not its pair", weights_file)
+        A, B = ab["A"].to(torch.float32), ab["B"].to(torch.float32)
+        if A.ndim != 2 or B.ndim != 2 or A.shape[0] != B.shape[1]:
+            raise InputError(
+                f"module {module}: lora_A {tuple(A.shape)} and lora_B {tuple(B.shape)} do not pair", weights_file
+            )
+        if not (torch.isfinite(A).all() and torch.isfinite(B).all()):
+            raise InputError(f"module {module} has NaN or Inf values", weights_file)
+        rank = int(A.shape[0])
+        alpha = float(_pattern_value(config.get("alpha_pattern") or {}, module, default_alpha))
+        modules[module] = LoraFactors(A=A.contiguous(), B=B.contiguous(), scale=lora_scale(alpha, rank, use_rslora))
+    return LoraAdapter(path=path, config=config, modules=modules)
+
+
+def validate_against_base(adapter: LoraAdapter, base_shapes: dict[str, tuple[int, int]]) -> None:
+    """Check that every adapted module exists in the base as a Linear of the same (d_out, d_in)."""
+    for module, factors in adapter.modules.items():
+        if module not in base_shapes:
+            raise InputError(f"target module {module} does not exist in the base model", adapter.path)
+        if factors.shape != base_shapes[module]:
+            raise InputError(
+                f"module {module}: ΔW shape {factors.shape} does not fit base weight {base_shapes[module]}",
+                adapter.path,
+            )
