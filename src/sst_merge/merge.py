@@ -1,0 +1,262 @@
+"""Merge LoRA adapters: validate everything up front, merge module by module, write atomically.
+
+The flow is one way: config → adapters (validated against the base) → method.prepare (optional
+whole-model work) → per-module kernel → writer → provenance record.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from sst_merge.atomic import atomic_output_dir, write_json_atomic
+from sst_merge.base_model import linear_shapes
+from sst_merge.errors import InputError
+from sst_merge.lora import LoraAdapter, load_adapter, validate_against_base
+from sst_merge.lowrank import SVDFactors, svd_of_dense, svd_of_factored
+from sst_merge.methods import get_method
+from sst_merge.methods.base import Factored, MergedDelta, MergeJob, MergeMethod, MethodParams, ModuleInputs
+from sst_merge.methods.base import module_generator as make_generator
+from sst_merge.progress import make_progress, track
+from sst_merge.provenance import provenance_record
+from sst_merge.writers import base_weight_shards, copy_model_files, write_full_shard, write_peft_adapter
+
+PROVENANCE_NAME = "sst_merge_provenance.json"
+
+COMMON_KEYS = ("base", "adapters", "method", "weights", "format", "rank", "output", "force", "dry_run")
+
+
+class MergeConfig(BaseModel):
+    """A merge as data: the CLI flags and the YAML file both become one of these.
+
+    Keys beyond the common ones are the method's parameters, validated by its own schema.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    base: Path
+    adapters: list[Path] = Field(min_length=1)
+    method: str
+    weights: list[float] | None = None
+    format: Literal["peft", "full"] = "peft"
+    rank: int | None = Field(None, ge=1, description="rank of a PEFT output; default: exact")
+    output: Path
+    force: bool = False
+    dry_run: bool = False
+
+    @field_validator("weights")
+    @classmethod
+    def _finite_weights(cls, weights: list[float] | None) -> list[float] | None:
+        if weights is not None and any(w != w or abs(w) == float("inf") for w in weights):
+            raise ValueError("weights must be finite numbers")
+        return weights
+
+    def method_params(self) -> dict[str, Any]:
+        """The keys that belong to the method (everything not common)."""
+        return dict(self.model_extra or {})
+
+
+def _format_validation(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "config"
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        parts.append(f"{where}: {msg}")
+    return "; ".join(parts)
+
+
+def load_merge_config(path: str | Path, overrides: dict[str, Any] | None = None) -> MergeConfig:
+    """Read a YAML merge config; `overrides` (e.g. --force from the command line) win over the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("config file not found", path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise InputError(f"invalid YAML ({exc})", path) from exc
+    if not isinstance(data, dict):
+        raise InputError("expected a mapping of merge settings", path)
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return build_merge_config(data)
+    except InputError as exc:
+        raise InputError(exc.problem, path) from exc
+
+
+def build_merge_config(values: dict[str, Any]) -> MergeConfig:
+    """Validate merge settings (common keys and the method's own); problems become one InputError."""
+    try:
+        config = MergeConfig(**values)
+    except ValidationError as exc:
+        raise InputError(_format_validation(exc)) from exc
+    resolve_params(config)
+    return config
+
+
+def resolve_params(config: MergeConfig) -> tuple[MergeMethod, MethodParams]:
+    """The method and its validated parameters; unknown keys and out-of-range values are InputErrors."""
+    method = get_method(config.method)
+    try:
+        return method, method.params(**config.method_params())
+    except ValidationError as exc:
+        raise InputError(f"method {method.name}: {_format_validation(exc)}") from exc
+
+
+@dataclass
+class MergeReport:
+    """What a merge did: the resolved inputs, each module's truncation error, timings, the output."""
+
+    output: Path | None
+    method: str
+    params: dict[str, Any]
+    weights: list[float]
+    modules: list[str]
+    adapter_ranks: list[int]
+    rank: int | None = None
+    rel_error: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    dry_run: bool = False
+
+    @property
+    def max_rel_error(self) -> float:
+        return max(self.rel_error.values(), default=0.0)
+
+
+@dataclass
+class LoadedInputs:
+    """The validated inputs of a merge, reusable across a sweep."""
+
+    job: MergeJob
+    method: MergeMethod
+    params: MethodParams
+
+
+def load_inputs(config: MergeConfig) -> LoadedInputs:
+    """Validate the config, read the base's shapes and every adapter, check they fit (no heavy work)."""
+    method, params = resolve_params(config)
+    weights = config.weights if config.weights is not None else [1.0] * len(config.adapters)
+    if len(weights) != len(config.adapters):
+        raise InputError(f"{len(weights)} weights given for {len(config.adapters)} adapters")
+    shapes = linear_shapes(config.base)
+    adapters: list[LoraAdapter] = []
+    for path in config.adapters:
+        adapter = load_adapter(path)
+        validate_against_base(adapter, shapes)
+        adapters.append(adapter)
+    adapted = set().union(*(a.modules for a in adapters))
+    modules = [name for name in shapes if name in adapted]  # the base model's order
+    job = MergeJob(base=Path(config.base), adapters=adapters, weights=weights, modules=modules, shapes=shapes)
+    return LoadedInputs(job=job, method=method, params=params)
+
+
+def merge_module(loaded: LoadedInputs, name: str, context: dict[str, Any]) -> MergedDelta:
+    """Run the method's kernel on module `name`."""
+    job, params = loaded.job, loaded.params
+    inputs = ModuleInputs(
+        name=name,
+        shape=job.shapes[name],
+        experts=[a.modules.get(name) for a in job.adapters],
+        weights=job.weights,
+        generator=make_generator(getattr(params, "seed", 0), name),
+        context=context.get(name),
+    )
+    return loaded.method.merge_module(inputs, params)
+
+
+def merge_adapters(
+    config: MergeConfig,
+    loaded: LoadedInputs | None = None,
+    context: dict[str, Any] | None = None,
+) -> MergeReport:
+    """Merge the adapters of `config` and write the output it names.
+
+    `loaded` and `context` let a sweep reuse validated inputs and the method's `prepare` result
+    (e.g. Fisher factors) across several outputs. Returns the report; with `dry_run`, validates
+    and plans without merging or writing anything.
+    """
+    started = time.perf_counter()
+    if config.output.exists() and not config.force and not config.dry_run:
+        raise InputError("output directory already exists (pass --force to replace it)", config.output)
+    loaded = loaded or load_inputs(config)
+    job = loaded.job
+    report = MergeReport(
+        output=None if config.dry_run else config.output,
+        method=loaded.method.name,
+        params=loaded.params.model_dump(mode="json"),
+        weights=job.weights,
+        modules=job.modules,
+        adapter_ranks=[max((f.rank for f in a.modules.values()), default=0) for a in job.adapters],
+        dry_run=config.dry_run,
+    )
+    report.seconds["validate"] = time.perf_counter() - started
+    if config.dry_run:
+        return report
+    if context is None:
+        tick = time.perf_counter()
+        context = loaded.method.prepare(job, loaded.params) if loaded.method.prepare else {}
+        report.seconds["prepare"] = time.perf_counter() - tick
+    tick = time.perf_counter()
+    with atomic_output_dir(config.output, force=config.force) as tmp:
+        if config.format == "peft":
+            _write_peft(config, loaded, context, tmp, report)
+        else:
+            _write_full(config, loaded, context, tmp, report)
+        report.seconds["merge_write"] = time.perf_counter() - tick
+        write_json_atomic(tmp / PROVENANCE_NAME, provenance_record(config, report, job))
+    return report
+
+
+def _write_peft(
+    config: MergeConfig, loaded: LoadedInputs, context: dict[str, Any], out: Path, report: MergeReport
+) -> None:
+    job = loaded.job
+    svds: dict[str, SVDFactors] = {}
+    any_dense = False
+    for name in track(job.modules, f"merging ({loaded.method.name})"):
+        merged = merge_module(loaded, name, context)
+        if isinstance(merged, Factored):
+            svds[name] = svd_of_factored(merged.B, merged.A)
+        else:
+            any_dense = True
+            svds[name] = svd_of_dense(merged.delta)
+    # Default rank: exact for low-rank results; a dense result (TIES, DARE) is cut to the inputs' total rank.
+    if config.rank:
+        rank = config.rank
+    elif any_dense:
+        rank = max(sum(f.rank for a in job.adapters if (f := a.modules.get(name))) for name in job.modules)
+    else:
+        rank = max(max(s.exact_rank() for s in svds.values()), 1)
+    factors = {}
+    for name, svd in svds.items():
+        factors[name] = svd.factors(rank)
+        report.rel_error[name] = svd.rel_error(rank)
+    report.rank = rank
+    write_peft_adapter(out, factors, rank, str(job.base), list(job.shapes), job.adapters[0].config)
+
+
+def _write_full(
+    config: MergeConfig, loaded: LoadedInputs, context: dict[str, Any], out: Path, report: MergeReport
+) -> None:
+    job = loaded.job
+    shards = base_weight_shards(job.base)
+    copy_model_files(job.base, out)
+    module_of = {f"{m}.weight": m for m in job.modules}
+    with make_progress() as progress:
+        bar = progress.add_task(f"merging ({loaded.method.name})", total=len(job.modules))
+        for shard, tensors in shards.items():
+            # Stream shard by shard: only this shard's ΔW are held in memory.
+            deltas = {}
+            for tensor in tensors:
+                if tensor in module_of:
+                    deltas[tensor] = merge_module(loaded, module_of[tensor], context).dense()
+                    progress.advance(bar)
+            write_full_shard(job.base, out, shard, deltas)
+            report.rel_error.update({module_of[t]: 0.0 for t in deltas})
+    missing = set(job.modules) - set(report.rel_error)
+    if missing:
+        raise InputError(f"base weights lack {len(missing)} adapted modules, e.g. {sorted(missing)[0]}", job.base)

@@ -1,0 +1,7 @@
+"""Merge methods, one file each; importing this package registers them all."""
+
+from sst_merge.methods import dare_linear, dare_ties, magnitude_prune, ta, ties  # noqa: F401  (registration)
+from sst_merge.methods.base import MergeMethod
+from sst_merge.methods.registry import get_method, method_names
+
+__all__ = ["MergeMethod", "get_method", "method_names"]

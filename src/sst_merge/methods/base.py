@@ -1,0 +1,112 @@
+"""What a merge method is: a spec (name, typed parameters, reference) next to a per-module kernel."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from sst_merge.lora import LoraAdapter, LoraFactors
+
+
+class MethodParams(BaseModel):
+    """Base of every method's parameters: unknown keys are an error."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SparsifyParams(MethodParams):
+    """Parameters of the methods that trim or drop entries of each task's ΔW."""
+
+    density: float = Field(0.5, gt=0.0, le=1.0, description="fraction of each task's ΔW entries kept")
+
+
+class SeededSparsifyParams(SparsifyParams):
+    """Random dropping (DARE) needs a seed: same seed, same bytes."""
+
+    seed: int = Field(0, description="seed of the per-module random generators")
+
+
+@dataclass(frozen=True)
+class Dense:
+    """A merged update stored densely: ΔW (d_out, d_in) float32."""
+
+    delta: torch.Tensor
+
+    def dense(self) -> torch.Tensor:
+        return self.delta
+
+
+@dataclass(frozen=True)
+class Factored:
+    """A merged update kept low-rank: ΔW = B @ A with B (d_out, R), A (R, d_in), float32."""
+
+    B: torch.Tensor
+    A: torch.Tensor
+
+    def dense(self) -> torch.Tensor:
+        return self.B @ self.A
+
+
+MergedDelta = Dense | Factored
+
+
+@dataclass(frozen=True)
+class ModuleInputs:
+    """Everything a kernel sees for one base module.
+
+    experts[k] is adapter k's factors for this module, or None where adapter k does not adapt it
+    (its ΔW is then zero). `generator` is seeded from (seed, module name), so results do not depend
+    on the order modules are processed in. `context` is what the method's `prepare` returned for
+    this module (e.g. Fisher factors), else None.
+    """
+
+    name: str
+    shape: tuple[int, int]
+    experts: list[LoraFactors | None]
+    weights: list[float]
+    generator: torch.Generator
+    context: Any = None
+
+    def deltas(self) -> list[torch.Tensor]:
+        """Dense ΔW of every expert (zeros where an expert lacks the module)."""
+        return [f.delta() if f is not None else torch.zeros(self.shape) for f in self.experts]
+
+
+@dataclass(frozen=True)
+class MergeJob:
+    """The validated inputs of a merge, handed to a method's `prepare` before any module is merged."""
+
+    base: Path
+    adapters: list[LoraAdapter]
+    weights: list[float]
+    modules: list[str]
+    shapes: dict[str, tuple[int, int]]
+
+
+@dataclass(frozen=True)
+class MergeMethod:
+    """A merge method: spec and kernel. Adding a method means adding one file that defines one of these.
+
+    `merge_module(inputs, params)` merges one module. `prepare(job, params)`, when given, does the
+    whole-model work first (a Fisher pass, say) and returns {module name: context}; `merge_adapters`
+    passes each module's entry as `ModuleInputs.context`.
+    """
+
+    name: str
+    summary: str
+    reference: str
+    params: type[MethodParams]
+    merge_module: Callable[[ModuleInputs, Any], MergedDelta]
+    prepare: Callable[[MergeJob, Any], dict[str, Any]] | None = None
+
+
+def module_generator(seed: int, module: str) -> torch.Generator:
+    """A CPU generator seeded from (seed, module name): reproducible and independent of module order."""
+    digest = hashlib.sha256(f"{seed}:{module}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
