@@ -11,7 +11,6 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from sst_merge import __version__
 from sst_merge.errors import InputError
 from sst_merge.lora import CONFIG_NAME, SAFETENSORS_NAME
 
@@ -72,7 +71,8 @@ def write_peft_adapter(
     for module, (B, A) in factors.items():
         tensors[f"base_model.model.{module}.lora_A.weight"] = A.contiguous()
         tensors[f"base_model.model.{module}.lora_B.weight"] = B.contiguous()
-    save_file(tensors, str(out_dir / SAFETENSORS_NAME), metadata={"format": "pt", "writer": f"sst-merge {__version__}"})
+    # One metadata key only: safetensors writes a map in arbitrary order, which would break byte-identity.
+    save_file(tensors, str(out_dir / SAFETENSORS_NAME), metadata={"format": "pt"})
     (out_dir / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
 

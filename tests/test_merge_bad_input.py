@@ -1,0 +1,180 @@
+"""Bad input to `sst-merge merge`: one clear line naming the file and the problem, exit 2, no output."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file, save_file
+
+from sst_merge.cli import main
+from sst_merge.synthetic import make_random_llama
+
+
+def _run(capsys: pytest.CaptureFixture[str], args: list[str]) -> tuple[int, str]:
+    capsys.readouterr()  # drop what test set-up printed
+    code = main(["merge", *map(str, args)])
+    return code, capsys.readouterr().err
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _common(base: Path, adapters: list[Path], out: Path) -> list[object]:
+    args: list[object] = ["--base", base, "--output", out]
+    for a in adapters:
+        args += ["--adapter", a]
+    return args
+
+
+def _assert_rejected(code: int, err: str, out: Path, *needles: str) -> None:
+    assert code == 2
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    assert not out.exists()
+    assert not list(out.parent.glob(f".{out.name}*"))
+
+
+def test_missing_adapter_dir(tiny_base, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, err = _run(capsys, [*_common(tiny_base, [tmp_path / "nope"], out), "--method", "ta"])
+    _assert_rejected(code, err, out, str(tmp_path / "nope"), "not found")
+
+
+def test_missing_weights_file(tiny_base, tiny_adapters, tmp_path, capsys):
+    bad = _copy(tiny_adapters[0], tmp_path / "bad")
+    (bad / "adapter_model.safetensors").unlink()
+    out = tmp_path / "out"
+    code, err = _run(capsys, [*_common(tiny_base, [bad], out), "--method", "ta"])
+    _assert_rejected(code, err, out, str(bad), "missing adapter_model.safetensors")
+
+
+def test_corrupt_weights_file(tiny_base, tiny_adapters, tmp_path, capsys):
+    bad = _copy(tiny_adapters[0], tmp_path / "bad")
+    (bad / "adapter_model.safetensors").write_bytes(b"\x00garbage" * 10)
+    out = tmp_path / "out"
+    code, err = _run(capsys, [*_common(tiny_base, [bad], out), "--method", "ta"])
+    _assert_rejected(code, err, out, str(bad / "adapter_model.safetensors"), "corrupt")
+
+
+def test_corrupt_config(tiny_base, tiny_adapters, tmp_path, capsys):
+    bad = _copy(tiny_adapters[0], tmp_path / "bad")
+    (bad / "adapter_config.json").write_text("{not json")
+    out = tmp_path / "out"
+    code, err = _run(capsys, [*_common(tiny_base, [bad], out), "--method", "ta"])
+    _assert_rejected(code, err, out, str(bad / "adapter_config.json"), "corrupt JSON")
+
+
+def test_shape_mismatch(tiny_adapters, tmp_path, capsys):
+    wide = make_random_llama(tmp_path / "wide", hidden_size=32, intermediate_size=24)
+    out = tmp_path / "out"
+    code, err = _run(capsys, [*_common(wide, [tiny_adapters[0]], out), "--method", "ta"])
+    _assert_rejected(code, err, out, str(tiny_adapters[0]), "does not fit base weight")
+
+
+def test_target_module_missing_in_base(tiny_adapters, tmp_path, capsys):
+    shallow = make_random_llama(tmp_path / "shallow", num_hidden_layers=1)
+    out = tmp_path / "out"
+    # tiny_adapters[2] adapts layer 1 only, which a one-layer base lacks.
+    code, err = _run(capsys, [*_common(shallow, [tiny_adapters[2]], out), "--method", "ta"])
+    _assert_rejected(code, err, out, str(tiny_adapters[2]), "model.layers.1", "does not exist in the base")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_nan_or_inf_in_adapter(tiny_base, tiny_adapters, tmp_path, capsys, value):
+    bad = _copy(tiny_adapters[0], tmp_path / "bad")
+    tensors = load_file(str(bad / "adapter_model.safetensors"))
+    key = sorted(tensors)[0]
+    tensors[key] = tensors[key].clone()
+    tensors[key][0, 0] = value
+    save_file(tensors, str(bad / "adapter_model.safetensors"))
+    out = tmp_path / "out"
+    code, err = _run(capsys, [*_common(tiny_base, [bad], out), "--method", "ta"])
+    _assert_rejected(code, err, out, str(bad / "adapter_model.safetensors"), "NaN or Inf")
+
+
+def test_weights_count_mismatch(tiny_base, tiny_adapters, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, err = _run(capsys, [*_common(tiny_base, tiny_adapters[:2], out), "--method", "ta", "--weights", "1,2,3"])
+    _assert_rejected(code, err, out, "3 weights given for 2 adapters")
+
+
+@pytest.mark.parametrize("density", ["0", "1.5", "-0.1"])
+def test_density_out_of_range(tiny_base, tiny_adapters, tmp_path, capsys, density):
+    out = tmp_path / "out"
+    code, err = _run(capsys, [*_common(tiny_base, tiny_adapters[:2], out), "--method", "ties", "--density", density])
+    _assert_rejected(code, err, out, "density")
+
+
+def test_unknown_method(tiny_base, tiny_adapters, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, err = _run(capsys, [*_common(tiny_base, tiny_adapters[:1], out), "--method", "slerp"])
+    _assert_rejected(code, err, out, "unknown merge method 'slerp'", "ties")
+
+
+def test_unknown_config_key(tiny_base, tiny_adapters, tmp_path, capsys):
+    out = tmp_path / "out"
+    config = tmp_path / "merge.yaml"
+    config.write_text(
+        f"base: {tiny_base}\nadapters: [{tiny_adapters[0]}]\nmethod: ties\ndensity: 0.5\noutput: {out}\nbogus_key: 3\n"
+    )
+    code, err = _run(capsys, [config])
+    _assert_rejected(code, err, out, str(config), "bogus_key", "unknown key")
+
+
+def test_existing_output_refused_without_force(tiny_base, tiny_adapters, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    code, err = _run(capsys, [*_common(tiny_base, tiny_adapters[:1], out), "--method", "ta"])
+    assert code == 2 and "already exists" in err and str(out) in err
+    assert (out / "keep.txt").read_text() == "precious"
+    assert _run(capsys, [*_common(tiny_base, tiny_adapters[:1], out), "--method", "ta", "--force"])[0] == 0
+    assert not (out / "keep.txt").exists() and (out / "adapter_model.safetensors").is_file()
+
+
+def test_yaml_config_and_dry_run(tiny_base, tiny_adapters, tmp_path, capsys):
+    out = tmp_path / "out"
+    config = tmp_path / "merge.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "base": str(tiny_base),
+                "adapters": [str(a) for a in tiny_adapters],
+                "method": "dare_ties",
+                "density": 0.5,
+                "seed": 3,
+                "weights": [1, 0.5, 0.25],
+                "output": str(out),
+            }
+        )
+    )
+    assert _run(capsys, [config, "--dry-run"])[0] == 0
+    assert not out.exists()
+    assert _run(capsys, [config])[0] == 0
+    record = json.loads((out / "sst_merge_provenance.json").read_text())
+    assert record["params"] == {"density": 0.5, "seed": 3}
+    assert record["weights"] == [1, 0.5, 0.25]
+    assert len(record["adapters"]) == 3 and "adapter_model.safetensors" in record["adapters"][0]["files"]
+
+
+def test_interrupted_merge_leaves_nothing(tiny_base, tiny_adapters, tmp_path, monkeypatch):
+    """A failure mid-merge removes the temporary directory and leaves no output."""
+    from sst_merge import merge as merge_module
+
+    def explode(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(merge_module, "write_peft_adapter", explode)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        merge_module.merge_adapters(
+            merge_module.MergeConfig(base=tiny_base, adapters=tiny_adapters[:1], method="ta", output=out)
+        )
+    assert not out.exists() and not list(tmp_path.glob(".out*"))
