@@ -1,0 +1,1 @@
+"""Evaluation data sets: where the local data directory is, and loaders that return plain records."""

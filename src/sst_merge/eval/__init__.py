@@ -1,0 +1,1 @@
+"""Evaluation: safety suites and judges, utility suites, statistics, the safety tax and reports."""
