@@ -1,0 +1,86 @@
+"""A plain supervised fine-tuning loop on chat examples: loss on the reply tokens only."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from sst_merge.generation import chat_prompts
+from sst_merge.progress import track
+
+IGNORE = -100
+
+Example = tuple[list[int], list[int]]
+
+
+def encode_examples(tokenizer: PreTrainedTokenizerBase, rows: Sequence[dict[str, str]]) -> list[Example]:
+    """Token ids and labels for each ``{"prompt", "response"}`` row, rendered with the chat template.
+
+    Labels are -100 on the prompt (user turn and assistant marker) and the ids of the reply plus EOS.
+    """
+    prompts = chat_prompts(tokenizer, [r["prompt"] for r in rows])
+    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    reply_ids = tokenizer([r["response"] for r in rows], add_special_tokens=False)["input_ids"]
+    examples = []
+    for p, r in zip(prompt_ids, reply_ids, strict=True):
+        reply = r + [tokenizer.eos_token_id]
+        examples.append((p + reply, [IGNORE] * len(p) + reply))
+    return examples
+
+
+def collate(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a batch: input_ids, attention_mask and labels, each (batch, max_len)."""
+    width = max(len(ids) for ids, _ in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, (x, y) in enumerate(examples):
+        ids[i, : len(x)] = torch.tensor(x)
+        labels[i, : len(y)] = torch.tensor(y)
+        mask[i, : len(x)] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def train_lm(
+    model: PreTrainedModel,
+    examples: Sequence[Example],
+    pad_id: int,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    description: str = "training",
+) -> list[float]:
+    """Train the model's trainable parameters with AdamW on random batches; return the loss of each step.
+
+    The learning rate warms up linearly over the first 5% of steps, then follows a cosine to 10%.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    warmup = max(1, steps // 20)
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, steps - warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    losses = []
+    for _ in track(range(steps), description):
+        idx = torch.randint(len(examples), (batch_size,), generator=gen).tolist()
+        batch = collate([examples[i] for i in idx], pad_id)
+        loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    model.eval()
+    return losses
