@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import ValidationError
+
 
 class InputError(Exception):
     """Bad input from the user: a file that is missing, corrupt or does not fit.
@@ -15,3 +17,12 @@ class InputError(Exception):
         self.path = Path(path) if path is not None else None
         self.problem = message
         super().__init__(f"{self.path}: {message}" if self.path is not None else message)
+
+
+def validation_message(exc: ValidationError, most: int = 5) -> str:
+    """A pydantic ValidationError as one line: `where: problem; …` (unknown keys named as such)."""
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "config"
+        parts.append(f"{where}: {'unknown key' if err['type'] == 'extra_forbidden' else err['msg']}")
+    return "; ".join(parts[:most]) + (f" (+{len(parts) - most} more)" if len(parts) > most else "")

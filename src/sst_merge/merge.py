@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sst_merge.atomic import atomic_output_dir, write_json_atomic
 from sst_merge.base_model import linear_shapes
-from sst_merge.errors import InputError
+from sst_merge.errors import InputError, validation_message
 from sst_merge.lora import LoraAdapter, load_adapter, validate_against_base
 from sst_merge.lowrank import SVDFactors, svd_of_dense, svd_of_factored
 from sst_merge.methods import get_method
@@ -61,15 +61,6 @@ class MergeConfig(BaseModel):
         return dict(self.model_extra or {})
 
 
-def _format_validation(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "config"
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        parts.append(f"{where}: {msg}")
-    return "; ".join(parts)
-
-
 def load_merge_config(path: str | Path, overrides: dict[str, Any] | None = None) -> MergeConfig:
     """Read a YAML merge config; `overrides` (e.g. --force from the command line) win over the file."""
     path = Path(path)
@@ -93,7 +84,7 @@ def build_merge_config(values: dict[str, Any]) -> MergeConfig:
     try:
         config = MergeConfig(**values)
     except ValidationError as exc:
-        raise InputError(_format_validation(exc)) from exc
+        raise InputError(validation_message(exc)) from exc
     resolve_params(config)
     return config
 
@@ -104,7 +95,7 @@ def resolve_params(config: MergeConfig) -> tuple[MergeMethod, MethodParams]:
     try:
         return method, method.params(**config.method_params())
     except ValidationError as exc:
-        raise InputError(f"method {method.name}: {_format_validation(exc)}") from exc
+        raise InputError(f"method {method.name}: {validation_message(exc)}") from exc
 
 
 @dataclass
