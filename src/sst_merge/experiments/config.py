@@ -1,0 +1,132 @@
+"""The experiment configuration (`configs/experiment_config_real.yaml`) as a validated schema."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from sst_merge.errors import InputError, validation_message
+
+Mode = Literal["minimal", "full"]
+EXPERIMENTS = ("exp1", "exp2", "exp3")
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors everywhere in the experiment config."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class LimitSpec(Strict):
+    limit: int | None = Field(None, ge=1)
+
+
+class MMLUSpec(LimitSpec):
+    shots: int = Field(5, ge=0)
+
+
+class TestbedDataSpec(Strict):
+    harmful: int | None = Field(None, ge=1, description="harmful prompts per split (None: all)")
+    benign: int | None = Field(None, ge=1, description="benign look-alike prompts per split (None: all)")
+    task_items: int | None = Field(None, ge=1, description="items per task per split (None: all)")
+
+
+class DatasetSpec(Strict):
+    beavertails: LimitSpec = LimitSpec()
+    xstest: LimitSpec = LimitSpec()
+    mmlu: MMLUSpec = MMLUSpec()
+    humaneval: LimitSpec = LimitSpec()
+    testbed: TestbedDataSpec = TestbedDataSpec()
+
+
+class TestbedBuildSpec(Strict):
+    preset: str = "default"
+    experts: int = Field(24, ge=1)
+    seed: int = 0
+
+
+class ModelSpec(Strict):
+    """A model entry: the offline testbed, or a hub model with user-supplied expert adapters."""
+
+    kind: Literal["testbed", "hub"]
+    hub_id: str | None = None
+    testbed: TestbedBuildSpec | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device_map: str | None = None
+    attn_implementation: str | None = None
+    batch_size: int = Field(16, ge=1)
+    max_new_tokens: int = Field(256, ge=1)
+    experts: list[Path] = []
+    expert_data: list[Path] = []
+    safety_adapter: Path | None = None
+    safety_data: Path | None = None
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> ModelSpec:
+        if self.kind == "hub" and not self.hub_id:
+            raise ValueError("a hub model needs hub_id")
+        if self.kind == "testbed" and self.testbed is None:
+            self.testbed = TestbedBuildSpec()
+        return self
+
+
+class MethodSpec(Strict):
+    """One method of the comparison: the registered merge method and how its strength is swept."""
+
+    method: str
+    scale: float = Field(1.0, description="uniform weight of every expert")
+    params: dict[str, Any] = {}
+    sweep: dict[str, list[Any]] = {}
+    seeds: list[int] = [0]
+
+    @model_validator(mode="after")
+    def _one_sweep(self) -> MethodSpec:
+        if len(self.sweep) > 1:
+            raise ValueError("sweep one parameter per method")
+        if any(not values for values in self.sweep.values()):
+            raise ValueError("a sweep needs at least one value")
+        return self
+
+
+class PerMode(Strict):
+    minimal: Any
+    full: Any
+
+
+class ExperimentSpec(Strict):
+    output_dir: str
+    num_experts: PerMode
+
+
+class SelectionSpec(Strict):
+    safety_floor: float = Field(0.9, ge=0.0, le=1.0)
+
+
+class ExperimentConfig(Strict):
+    datasets: dict[Mode, DatasetSpec]
+    models: dict[str, ModelSpec]
+    methods: dict[str, MethodSpec] = Field(min_length=1)
+    experiments: dict[Literal["exp1", "exp2", "exp3"], ExperimentSpec]
+    selection: SelectionSpec = SelectionSpec()
+
+    def num_experts(self, experiment: str, mode: Mode) -> list[int]:
+        """The expert counts of `experiment` in `mode`, as a list."""
+        value = getattr(self.experiments[experiment].num_experts, mode)
+        return [int(v) for v in (value if isinstance(value, list) else [value])]
+
+
+def load_experiment_config(path: str | Path) -> ExperimentConfig:
+    """Read and validate the experiment YAML; every problem is an InputError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("experiment config not found", path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return ExperimentConfig.model_validate(data)
+    except yaml.YAMLError as exc:
+        raise InputError(f"invalid YAML ({exc})", path) from exc
+    except ValidationError as exc:
+        raise InputError(validation_message(exc), path) from exc
