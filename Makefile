@@ -27,7 +27,7 @@ run: install
 	$(VENV)/bin/sst-merge demo
 
 test: install
-	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff check src tests experiments scripts
 	$(PY) -m pytest -q
 
 clean:
