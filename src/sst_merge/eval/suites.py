@@ -53,27 +53,35 @@ SuiteRunner = Callable[[Any, Any, SuiteOptions], dict[str, Any]]
 
 @dataclass(frozen=True)
 class Suite:
-    """A registered suite: its name, kind (`safety` or `utility`), runner and a one-line description."""
+    """A registered suite: its name, kind (`safety` or `utility`), runner and a one-line description.
+
+    `check(options)`, when given, validates the suite's inputs (data files present and readable)
+    cheaply, so the `eval` command can refuse bad input before it loads any model.
+    """
 
     name: str
     kind: str
     run: SuiteRunner
     description: str
+    check: Callable[[SuiteOptions], None] | None = None
 
 
 _REGISTRY: dict[str, Suite] = {}
 _loaded = False
 
 
-def register_suite(name: str, kind: str, description: str) -> Callable[[SuiteRunner], SuiteRunner]:
-    """Decorator: register `run` under `name`; a name registered twice is a programming error."""
+def register_suite(
+    name: str, kind: str, description: str, check: Callable[[SuiteOptions], None] | None = None
+) -> Callable[[SuiteRunner], SuiteRunner]:
+    """Decorator: register `run` under `name` (with an optional input `check`); a name registered twice
+    is a programming error."""
     if kind not in ("safety", "utility"):
         raise ValueError(f"suite kind must be 'safety' or 'utility', not {kind!r}")
 
     def decorate(run: SuiteRunner) -> SuiteRunner:
         if name in _REGISTRY:
             raise ValueError(f"suite {name!r} is registered twice")
-        _REGISTRY[name] = Suite(name=name, kind=kind, run=run, description=description)
+        _REGISTRY[name] = Suite(name=name, kind=kind, run=run, description=description, check=check)
         return run
 
     return decorate
