@@ -34,6 +34,8 @@ class SuiteOptions:
     """Settings shared by every suite; `extra` carries suite-specific ones (e.g. MMLU subjects).
 
     `judge` is a judge object from `sst_merge.eval.judges` (None: the suite's default judge);
+    `generate`, when set, replaces the transformers model for generation-only suites (the vLLM
+    backend): `generate(prompts, max_new_tokens, system, stop_strings) -> replies`;
     `testbed_dir` is a testbed directory (for the `testbed` suites); `limit` keeps the first N items
     of each split; `max_new_tokens` bounds generation; `system` is an optional system message.
     """
@@ -46,6 +48,7 @@ class SuiteOptions:
     testbed_dir: Path | None = None
     system: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    generate: Callable[..., list[str]] | None = None
 
 
 SuiteRunner = Callable[[Any, Any, SuiteOptions], dict[str, Any]]
