@@ -95,3 +95,11 @@ def make_guard_model(out_dir: Path, verdict: str) -> Path:
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+def cached_trained_chat_model(root: Path) -> Path:
+    """The trained chat model under `root/trained_chat`, built on first use (shared by test modules)."""
+    out = root / "trained_chat"
+    if not (out / "config.json").is_file():
+        make_trained_chat_model(out, steps=80)
+    return out
