@@ -1,0 +1,57 @@
+"""Experiment cells: one (model, experts, method, setting) evaluated once, saved atomically, reused on resume."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sst_merge.atomic import write_json_atomic
+
+
+@dataclass(frozen=True)
+class Cell:
+    """What is evaluated: `kind` is "base", "expert" (one expert alone), "safety" (the safety adapter
+    alone) or "merge"; `label` names the method as the config does (e.g. "SST-Merge")."""
+
+    kind: str
+    k: int = 0
+    label: str = ""
+    method: str = ""
+    scale: float = 1.0
+    params: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    task: str = ""
+
+    def key(self) -> str:
+        """Stable content key: the same cell in any experiment (or run) has the same key."""
+        blob = json.dumps(asdict(self), sort_keys=True, default=str)
+        name = self.kind if self.kind != "merge" else f"{self.label}-k{self.k}"
+        return f"{name}{'-' + self.task if self.task else ''}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+
+class CellStore:
+    """A directory of finished cells, one JSON file each, written atomically."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, cell: Cell) -> Path:
+        return self.root / f"{cell.key()}.json"
+
+    def get(self, cell: Cell) -> dict[str, Any] | None:
+        """The saved record of `cell`, or None if it has not finished (a corrupt file counts as unfinished)."""
+        path = self.path(cell)
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            return None
+
+    def put(self, cell: Cell, record: dict[str, Any]) -> None:
+        """Save the finished `cell` with its `record` (the cell itself is stored in it too)."""
+        write_json_atomic(self.path(cell), {"cell": asdict(cell), **record})

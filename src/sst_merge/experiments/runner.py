@@ -1,0 +1,233 @@
+"""Run the three experiments on one model: reference cells, exp1's sweeps, selection on validation
+data, exp2 (number of experts) and exp3 (baseline comparison); every cell saved as soon as it is done."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sst_merge.atomic import write_json_atomic, write_text_atomic
+from sst_merge.errors import InputError
+from sst_merge.experiments.cells import Cell, CellStore
+from sst_merge.experiments.config import ExperimentConfig, MethodSpec, Mode
+from sst_merge.experiments.subject import Subject, resolve_subject
+from sst_merge.merge import MergeConfig, merge_adapters
+from sst_merge.models import load_model
+from sst_merge.progress import console
+
+log = logging.getLogger("sst_merge.experiments")
+
+
+class Runner:
+    """Evaluates cells for one subject, reusing every cell already saved in the run directory."""
+
+    def __init__(self, config: ExperimentConfig, subject: Subject, run_dir: Path) -> None:
+        self.config = config
+        self.subject = subject
+        self.run_dir = run_dir
+        self.store = CellStore(run_dir / "cells")
+        self.computed = 0
+        self.reused = 0
+
+    def record(self, cell: Cell) -> dict[str, Any]:
+        """The cell's saved record, computing and saving it first if needed."""
+        saved = self.store.get(cell)
+        if saved is not None:
+            self.reused += 1
+            return saved
+        started = time.perf_counter()
+        log.info("cell %s: computing", cell.key())
+        record = self._compute(cell)
+        record["seconds"] = round(time.perf_counter() - started, 2)
+        self.store.put(cell, record)
+        self.computed += 1
+        log.info("cell %s: done in %.1f s", cell.key(), record["seconds"])
+        return self.store.get(cell) or record
+
+    def _compute(self, cell: Cell) -> dict[str, Any]:
+        subject, spec = self.subject, self.subject.spec
+        load = {"dtype": spec.dtype, "device_map": spec.device_map, "attn_implementation": spec.attn_implementation}
+        if cell.kind == "base":
+            model, tok = load_model(subject.base, **load)
+            return {"metrics": subject.evaluator.evaluate(model, tok, subject.tasks)}
+        if cell.kind == "expert":
+            model, tok = load_model(subject.base, subject.experts[subject.tasks.index(cell.task)], **load)
+            return {"metrics": subject.evaluator.evaluate(model, tok, [cell.task])}
+        if cell.kind == "safety":
+            model, tok = load_model(subject.base, subject.safety_adapter, **load)
+            return {"metrics": subject.evaluator.evaluate(model, tok, [])}
+        tmp = Path(tempfile.mkdtemp(prefix="merge-", dir=self.run_dir))
+        try:
+            params = {**cell.params, **subject.method_data(cell.method, cell.k)}
+            if "seed" in params or cell.method.startswith("dare"):
+                params["seed"] = cell.seed
+            merge = merge_adapters(
+                MergeConfig(
+                    base=Path(subject.base),
+                    adapters=subject.experts[: cell.k],
+                    method=cell.method,
+                    weights=[cell.scale] * cell.k,
+                    format="full",
+                    output=tmp / "merged",
+                    **params,
+                )
+            )
+            model, tok = load_model(tmp / "merged", **load)
+            metrics = subject.evaluator.evaluate(model, tok, subject.tasks[: cell.k])
+            return {"metrics": metrics, "merge": {"seconds": merge.seconds, "modules": len(merge.modules)}}
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def merge_cell(label: str, spec: MethodSpec, k: int, override: dict[str, Any] | None = None, seed: int = 0) -> Cell:
+    """The merge cell of method `label` with `k` experts; `override` sets the swept parameter."""
+    params = dict(spec.params)
+    scale = spec.scale
+    for key, value in (override or {}).items():
+        if key == "scale":
+            scale = float(value)
+        else:
+            params[key] = value
+    return Cell(kind="merge", k=k, label=label, method=spec.method, scale=scale, params=params, seed=seed)
+
+
+def summarize(record: dict[str, Any], split: str, experts: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One row: refusal, over-refusal, mean task accuracy and mean accuracy normalised by each expert's."""
+    metrics = record["metrics"][split]
+    tasks = metrics["tasks"]
+    accuracy = [m["value"] for m in tasks.values()]
+    normalized = [
+        tasks[t]["value"] / experts[t]["metrics"][split]["tasks"][t]["value"]
+        for t in tasks
+        if t in experts and experts[t]["metrics"][split]["tasks"][t]["value"] > 0
+    ]
+    return {
+        "refusal": metrics["refusal"],
+        "over_refusal": metrics["over_refusal"],
+        "accuracy": statistics.fmean(accuracy) if accuracy else None,
+        "normalized_accuracy": statistics.fmean(normalized) if normalized else None,
+        "tasks": len(tasks),
+    }
+
+
+def select(rows: list[dict[str, Any]], base_refusal: float, floor: float) -> dict[str, Any]:
+    """The validation-chosen row: best utility among rows with refusal ≥ floor·base, else the safest."""
+    eligible = [r for r in rows if r["val"]["refusal"]["value"] >= floor * base_refusal]
+    if eligible:
+        return max(eligible, key=lambda r: (r["val"]["normalized_accuracy"] or 0.0, r["val"]["refusal"]["value"]))
+    return max(rows, key=lambda r: (r["val"]["refusal"]["value"], r["val"]["normalized_accuracy"] or 0.0))
+
+
+def run_experiments(
+    config: ExperimentConfig,
+    mode: Mode,
+    model: str,
+    experiments: list[str],
+    run_dir: Path,
+) -> dict[str, Any]:
+    """Run `experiments` (subset of exp1..exp3) for `model` in `mode`; write results.json and return it."""
+    if model not in config.models:
+        raise InputError(f"unknown model {model!r}; configured: {', '.join(config.models)}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(run_dir / "run.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        return _run(config, mode, model, experiments, run_dir)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def _run(config: ExperimentConfig, mode: Mode, model: str, experiments: list[str], run_dir: Path) -> dict[str, Any]:
+    started = time.perf_counter()
+    write_text_atomic(
+        run_dir / "config.yaml",
+        yaml.safe_dump(
+            {"mode": mode, "model": model, "experiments": experiments, "config": config.model_dump(mode="json")},
+            sort_keys=False,
+        ),
+    )
+    k_sweep = config.num_experts("exp1", mode)[0]
+    k_exp2 = config.num_experts("exp2", mode) if "exp2" in experiments else []
+    k_exp3 = config.num_experts("exp3", mode)[0]
+    max_k = max([k_sweep, k_exp3, *k_exp2])
+    log.info("run %s: mode %s, model %s, experiments %s", run_dir.name, mode, model, experiments)
+    subject = resolve_subject(model, config.models[model], config.datasets[mode], max_k)
+    runner = Runner(config, subject, run_dir)
+
+    def rows_of(record: dict[str, Any]) -> dict[str, Any]:
+        return {split: summarize(record, split, experts) for split in ("val", "test")}
+
+    base = runner.record(Cell(kind="base"))
+    experts = {task: runner.record(Cell(kind="expert", task=task)) for task in subject.tasks}
+    references: dict[str, Any] = {"base": rows_of_reference(base), "experts": {}}
+    for task, record in experts.items():
+        references["experts"][task] = {
+            split: {"accuracy": record["metrics"][split]["tasks"][task], "refusal": record["metrics"][split]["refusal"]}
+            for split in ("val", "test")
+        }
+    if subject.safety_adapter is not None:
+        references["safety_adapter"] = rows_of_reference(runner.record(Cell(kind="safety")))
+    base_val_refusal = base["metrics"]["val"]["refusal"]["value"]
+
+    # exp1's sweep is also where every method's setting is chosen (on validation data) for exp2 and exp3.
+    sweeps: dict[str, list[dict[str, Any]]] = {}
+    for label, spec in config.methods.items():
+        ((param, values),) = spec.sweep.items() if spec.sweep else (("scale", [spec.scale]),)
+        sweeps[label] = []
+        for value in values:
+            cell = merge_cell(label, spec, k_sweep, {param: value})
+            sweeps[label].append({"param": param, "value": value, "cell": cell.key(), **rows_of(runner.record(cell))})
+    chosen = {label: select(rows, base_val_refusal, config.selection.safety_floor) for label, rows in sweeps.items()}
+    results: dict[str, Any] = {
+        "run": {"id": run_dir.name, "mode": mode, "model": model, "experiments": experiments},
+        "references": references,
+        "selection": {
+            "rule": f"best validation normalised accuracy with validation refusal >= "
+            f"{config.selection.safety_floor} x base ({base_val_refusal:.3f}); else the safest",
+            "chosen": {label: {"param": row["param"], "value": row["value"]} for label, row in chosen.items()},
+        },
+    }
+
+    def chosen_cell(label: str, k: int, seed: int = 0) -> Cell:
+        row = chosen[label]
+        return merge_cell(label, config.methods[label], k, {row["param"]: row["value"]}, seed=seed)
+
+    if "exp1" in experiments:
+        results["exp1"] = {"k": k_sweep, "sweeps": sweeps}
+    if "exp2" in experiments:
+        results["exp2"] = {
+            "k": k_exp2,
+            "rows": [
+                {"method": label, "k": k, **rows_of(runner.record(chosen_cell(label, k)))}
+                for k in k_exp2
+                for label in config.methods
+            ],
+        }
+    if "exp3" in experiments:
+        table = []
+        for label, spec in config.methods.items():
+            seeds = spec.seeds if spec.method.startswith("dare") else [0]
+            runs = [rows_of(runner.record(chosen_cell(label, k_exp3, seed))) for seed in seeds]
+            table.append({"method": label, "k": k_exp3, "seeds": seeds, "runs": runs, "chosen": chosen[label]["value"]})
+        results["exp3"] = {"k": k_exp3, "table": table}
+    results["run"]["cells_computed"] = runner.computed
+    results["run"]["cells_reused"] = runner.reused
+    results["run"]["seconds"] = round(time.perf_counter() - started, 1)
+    write_json_atomic(run_dir / "results.json", results)
+    console.log(f"experiments: {runner.computed} cells computed, {runner.reused} reused")
+    return results
+
+
+def rows_of_reference(record: dict[str, Any]) -> dict[str, Any]:
+    """Refusal and over-refusal (and raw task accuracies) of a reference model, per split."""
+    return {split: record["metrics"][split] for split in ("val", "test")}

@@ -1,0 +1,135 @@
+"""The experiment runner end to end on the micro testbed: results, report, resume, determinism, bad config."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sst_merge.cli import main
+from sst_merge.experiments import runner as runner_module
+from sst_merge.experiments.config import load_experiment_config
+
+MICRO = {
+    "datasets": {
+        "minimal": {"testbed": {"harmful": 8, "benign": 8, "task_items": 6}},
+        "full": {"testbed": {}},
+    },
+    "models": {
+        "testbed": {
+            "kind": "testbed",
+            "testbed": {"preset": "micro", "experts": 3, "seed": 0},
+            "dtype": "float32",
+            "batch_size": 32,
+            "max_new_tokens": 8,
+        }
+    },
+    "methods": {
+        "TA": {"method": "ta", "sweep": {"scale": [0.5, 1.0]}},
+        "TIES": {"method": "ties", "params": {"density": 0.5}, "sweep": {"scale": [1.0]}},
+        "DARE": {"method": "dare_ties", "params": {"density": 0.5}, "sweep": {"scale": [1.0]}, "seeds": [0, 1]},
+    },
+    "experiments": {
+        "exp1": {"output_dir": "exp1", "num_experts": {"minimal": 2, "full": 2}},
+        "exp2": {"output_dir": "exp2", "num_experts": {"minimal": [1, 2], "full": [1, 2, 3]}},
+        "exp3": {"output_dir": "exp3", "num_experts": {"minimal": 2, "full": 2}},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def micro_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("exp")
+    os.environ["SST_MERGE_CACHE"] = str(root / "cache")
+    path = root / "config.yaml"
+    path.write_text(yaml.safe_dump(MICRO))
+    return path
+
+
+def _run(config: Path, out: Path, *extra: str) -> int:
+    return main(
+        ["experiment", "--config", str(config), "--mode", "minimal", "--model", "testbed", "--output", str(out), *extra]
+    )
+
+
+def _strip_times(results: dict) -> dict:
+    results = json.loads(json.dumps(results))
+    for key in ("seconds", "cells_computed", "cells_reused"):
+        results["run"].pop(key)
+    results["run"].pop("id")
+    return results
+
+
+def test_run_resume_and_determinism(micro_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    first = tmp_path / "first"
+    # Interrupt the run after three cells: what was finished is kept.
+    calls = {"n": 0}
+    original = runner_module.Runner._compute
+
+    def flaky(self, cell):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return original(self, cell)
+
+    monkeypatch.setattr(runner_module.Runner, "_compute", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        _run(micro_config, first)
+    assert len(list((first / "cells").glob("*.json"))) == 3
+    monkeypatch.setattr(runner_module.Runner, "_compute", original)
+
+    assert _run(micro_config, first) == 0
+    results = json.loads((first / "results.json").read_text())
+    assert results["run"]["cells_reused"] >= 3
+    total_cells = len(list((first / "cells").glob("*.json")))
+    # base, 2 experts (K ≤ 2), safety adapter; exp1: TA×2, TIES, DARE; exp2 adds K=1 for 3 methods; exp3: DARE seed 1.
+    assert total_cells == 4 + 4 + 3 + 1
+    report = (first / "report.md").read_text()
+    for needle in ("exp1", "exp2", "exp3", "TIES", "DARE", "(mean ± sd over seeds [0, 1])"):
+        assert needle in report
+    assert (first / "exp1" / "pareto.png").stat().st_size > 1000
+    assert (first / "exp2" / "vs_k.png").stat().st_size > 1000
+    assert (first / "config.yaml").is_file() and (first / "run.log").is_file()
+
+    # Re-running the same command computes nothing and gives the same numbers.
+    assert _run(micro_config, first) == 0
+    again = json.loads((first / "results.json").read_text())
+    assert again["run"]["cells_computed"] == 0
+    assert _strip_times(again) == _strip_times(results)
+
+    # A fresh run directory recomputes every cell and gets identical numbers.
+    second = tmp_path / "second"
+    assert _run(micro_config, second) == 0
+    fresh = json.loads((second / "results.json").read_text())
+    assert fresh["run"]["cells_computed"] == total_cells
+    assert _strip_times(fresh) == _strip_times(results)
+
+    # The numbers in the report are those of the cells.
+    exp3 = {row["method"]: row for row in results["exp3"]["table"]}
+    ta_refusal = exp3["TA"]["runs"][0]["test"]["refusal"]["value"]
+    assert f"{ta_refusal:.3f}" in report
+
+
+def test_bad_experiment_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    bad = json.loads(json.dumps(MICRO))
+    bad["methods"]["TA"]["sweeep"] = {"scale": [1.0]}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    assert _run(path, tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and "methods.TA.sweeep: unknown key" in err
+    bad = json.loads(json.dumps(MICRO))
+    bad["experiments"]["exp2"]["num_experts"] = "many"
+    path.write_text(yaml.safe_dump(bad))
+    assert _run(path, tmp_path / "out") == 2
+
+
+def test_shipped_config_validates():
+    config = load_experiment_config(Path(__file__).parents[1] / "configs" / "experiment_config_real.yaml")
+    assert config.num_experts("exp2", "minimal") == [8, 12, 16]
+    assert config.num_experts("exp2", "full") == [8, 12, 16, 20, 24]
+    assert set(config.models) == {"testbed", "mistral-7b", "llama-3.1-8b", "qwen-2.5-14b"}
+    assert set(config.methods) == {"TA", "TIES", "DARE", "AGL", "SST-Merge"}
