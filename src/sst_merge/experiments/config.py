@@ -44,7 +44,7 @@ class DatasetSpec(Strict):
 
 class TestbedBuildSpec(Strict):
     preset: str = "default"
-    experts: int = Field(24, ge=1)
+    experts: int = Field(24, ge=1, description="most experts a run may ask for (each run builds what it needs)")
     seed: int = 0
 
 

@@ -46,7 +46,8 @@ def resolve_subject(name: str, spec: ModelSpec, data: DatasetSpec, max_experts: 
         assert build is not None
         if max_experts > build.experts:
             raise InputError(f"models.{name}.testbed.experts is {build.experts}, the experiments need {max_experts}")
-        testbed = load_testbed(build_testbed(experts=build.experts, seed=build.seed, preset=build.preset))
+        # Build only the experts this run needs: a minimal run does not wait for the full set.
+        testbed = load_testbed(build_testbed(experts=max_experts, seed=build.seed, preset=build.preset))
         tasks = testbed.tasks[:max_experts]
         return Subject(
             name=name,
