@@ -26,6 +26,7 @@ from sst_merge.errors import InputError
 # Modules whose import registers suites. Add a line here to plug in a new family of suites.
 SUITE_MODULES = [
     "sst_merge.eval.safety",
+    "sst_merge.eval.humaneval",
 ]
 
 
