@@ -27,6 +27,7 @@ from sst_merge.errors import InputError
 SUITE_MODULES = [
     "sst_merge.eval.safety",
     "sst_merge.eval.humaneval",
+    "sst_merge.eval.mmlu",
 ]
 
 
