@@ -9,7 +9,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from eval_fixtures import BENIGN, HARMFUL, REFUSAL, make_random_chat_model, make_trained_chat_model
+from eval_fixtures import BENIGN, HARMFUL, REFUSAL, cached_trained_chat_model, make_random_chat_model
 from factories import make_random_adapter
 from sst_merge.errors import InputError
 from sst_merge.generation import chat_prompts, cut_at_stop, eos_token_ids, generate_chat
@@ -27,7 +27,7 @@ def random_chat(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def trained_chat(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_trained_chat_model(tmp_path_factory.mktemp("trained") / "model", steps=80)
+    return cached_trained_chat_model(tmp_path_factory.getbasetemp())
 
 
 def greedy_by_hand(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
