@@ -28,6 +28,8 @@ SUITE_MODULES = [
     "sst_merge.eval.safety",
     "sst_merge.eval.humaneval",
     "sst_merge.eval.mmlu",
+    "sst_merge.eval.gsm8k",
+    "sst_merge.eval.testbed_tasks",
 ]
 
 
