@@ -202,6 +202,38 @@ def merge_adapters(
     return report
 
 
+def sweep_of(params: MethodParams) -> tuple[str, list[Any]] | None:
+    """(field, values) when a method parameter `<field>_sweep` holds a list of values for `<field>`."""
+    for name, value in params:
+        if name.endswith("_sweep") and value and name.removesuffix("_sweep") in type(params).model_fields:
+            return name.removesuffix("_sweep"), list(value)
+    return None
+
+
+def merge_sweep(config: MergeConfig) -> list[MergeReport]:
+    """Merge once, or, when the method's parameters hold a `<field>_sweep` list, once per value into
+    `<output>/<field>=<value>/`, reusing one validation and one `prepare` (e.g. one Fisher pass)."""
+    loaded = load_inputs(config)
+    sweep = sweep_of(loaded.params)
+    if sweep is None:
+        return [merge_adapters(config, loaded)]
+    field_name, values = sweep
+    if config.output.exists() and not config.force and not config.dry_run:
+        raise InputError("output directory already exists (pass --force to replace it)", config.output)
+    context = None
+    if not config.dry_run and loaded.method.prepare:
+        context = loaded.method.prepare(loaded.job, loaded.params)
+    reports = []
+    for value in values:
+        point = build_merge_config({
+            **config.model_dump(), field_name: value, f"{field_name}_sweep": None,
+            "output": config.output / f"{field_name}={value:g}",
+        })
+        _, params = resolve_params(point)
+        reports.append(merge_adapters(point, LoadedInputs(loaded.job, loaded.method, params), context))
+    return reports
+
+
 def _write_peft(
     config: MergeConfig, loaded: LoadedInputs, context: dict[str, Any], out: Path, report: MergeReport
 ) -> None:

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sst_merge.errors import InputError
-from sst_merge.merge import MergeConfig, MergeReport, build_merge_config, load_merge_config, merge_adapters
+from sst_merge.merge import MergeConfig, MergeReport, build_merge_config, load_merge_config, merge_sweep
 from sst_merge.methods import get_method, method_names
 
 
@@ -112,7 +112,7 @@ def print_report(report: MergeReport, console: Console | None = None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Merge as the flags say and print the summary."""
-    report = merge_adapters(config_from_args(args))
-    print_report(report)
+    """Merge as the flags say (one output, or one per value of a `--*-sweep`) and print the summary."""
+    for report in merge_sweep(config_from_args(args)):
+        print_report(report)
     return 0

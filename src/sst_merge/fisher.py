@@ -1,0 +1,409 @@
+"""FIMCalculator: Kronecker-factored (K-FAC) Fisher information of each adapted module, in its subspace (DESIGN §3).
+
+For y = W x the per-token gradient of a core C (δW = U C Vᵀ) is g̃ x̃ᵀ with x̃ = Vᵀx (q,) and
+g̃ = Uᵀ ∂ℓ/∂y (p,). Forward hooks on the adapted Linear modules record x̃, tensor hooks on their
+outputs record g̃, and per module we keep the sums
+
+    Σ x̃x̃ᵀ (q, q),   Σ g̃g̃ᵀ (p, p),   Σ (g̃∘g̃)(x̃∘x̃)ᵀ (p, q)  (the exact per-token diagonal)
+
+and the token count. Sums and counts add, so factors of several passes or processes combine exactly;
+Ā = Σx̃x̃ᵀ/n, Ḡ = Σg̃g̃ᵀ/n. The loss is the summed NLL of the response tokens only (the prompt is
+context); every non-padding position contributes x̃ and g̃. The Fisher is taken at the base model,
+or at the base plus given updates (`deltas`, e.g. the task-arithmetic merge): the adapters are then
+applied to the weights before the pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from sst_merge.errors import InputError
+from sst_merge.progress import track
+
+IGNORE = -100
+FORMAT = "sst-merge-fisher/1"
+FisherKind = Literal["empirical", "true"]
+
+
+@dataclass
+class KFACFactors:
+    """Accumulated sums of one module (float64): A_sum (q, q), G_sum (p, p), diag_sum (p, q); tokens (count)."""
+
+    A_sum: torch.Tensor
+    G_sum: torch.Tensor
+    diag_sum: torch.Tensor
+    tokens: float = 0.0
+
+    @classmethod
+    def zeros(cls, p: int, q: int) -> KFACFactors:
+        """Empty sums for a (p, q) core."""
+        f64 = torch.float64
+        return cls(torch.zeros(q, q, dtype=f64), torch.zeros(p, p, dtype=f64), torch.zeros(p, q, dtype=f64), 0.0)
+
+    def _mean(self, total: torch.Tensor) -> torch.Tensor:
+        return total / self.tokens if self.tokens > 0 else torch.zeros_like(total)
+
+    @property
+    def A(self) -> torch.Tensor:
+        """Ā = E[x̃x̃ᵀ] (q, q)."""
+        return self._mean(self.A_sum)
+
+    @property
+    def G(self) -> torch.Tensor:
+        """Ḡ = E[g̃g̃ᵀ] (p, p)."""
+        return self._mean(self.G_sum)
+
+    @property
+    def diag(self) -> torch.Tensor:
+        """Diagonal Fisher of the core, E[(g̃∘g̃)(x̃∘x̃)ᵀ] (p, q)."""
+        return self._mean(self.diag_sum)
+
+    def add(self, other: KFACFactors) -> None:
+        """Add the sums and count of `other` (same module) into these."""
+        self.A_sum += other.A_sum
+        self.G_sum += other.G_sum
+        self.diag_sum += other.diag_sum
+        self.tokens += other.tokens
+
+
+@dataclass(frozen=True)
+class FisherOptions:
+    """How a Fisher pass runs. `kind`: "empirical" (the data's responses as labels) or "true" (labels
+    sampled from the model, one per response position, seeded per example)."""
+
+    kind: FisherKind = "empirical"
+    max_examples: int | None = 256
+    max_length: int = 512
+    batch_size: int = 8
+    seed: int = 0
+
+    def key(self) -> dict[str, Any]:
+        """The settings that change the result (batch size does not: sums are per token)."""
+        return {"kind": self.kind, "max_examples": self.max_examples, "max_length": self.max_length, "seed": self.seed}
+
+
+Example = tuple[list[int], list[int]]
+
+
+def read_chat_jsonl(path: str | Path) -> list[dict[str, str]]:
+    """Rows of a chat JSONL file: one object per line with string `prompt` and `response`."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("data file not found", path)
+    rows = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"line {number}: invalid JSON ({exc})", path) from exc
+            fields = [row.get(key) for key in ("prompt", "response")] if isinstance(row, dict) else [None]
+            if not all(isinstance(value, str) for value in fields):
+                raise InputError(f"line {number}: expected an object with string 'prompt' and 'response'", path)
+            rows.append(row)
+    if not rows:
+        raise InputError("no rows", path)
+    return rows
+
+
+def encode_chat(tokenizer: Any, rows: Sequence[dict[str, str]], max_length: int) -> list[Example]:
+    """(input ids, labels) per row through the tokenizer's chat template; labels are IGNORE on the prompt.
+
+    The response is followed by EOS; sequences are cut to `max_length` tokens.
+    """
+    examples = []
+    for row in rows:
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": row["prompt"]}], tokenize=False, add_generation_prompt=True
+        )
+        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        r = tokenizer(row["response"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        examples.append(((p + r)[:max_length], ([IGNORE] * len(p) + r)[:max_length]))
+    return examples
+
+
+def collate(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded input_ids, attention_mask and labels (batch, max_len); right padding leaves the
+    real tokens' positions and attention exactly as in an unpadded pass."""
+    width = max(len(ids) for ids, _ in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, (x, y) in enumerate(examples):
+        ids[i, : len(x)] = torch.tensor(x)
+        labels[i, : len(y)] = torch.tensor(y)
+        mask[i, : len(x)] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def example_generator(seed: int, index: int) -> torch.Generator:
+    """CPU generator of example `index`: sampled labels do not depend on batching or sharding."""
+    digest = hashlib.sha256(f"{seed}:{index}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+
+
+def sample_labels(logits: torch.Tensor, labels: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """Labels (batch, T) for the true Fisher: at every response position a token drawn from the model.
+
+    logits (batch, T, vocab) predict position t+1 from t; positions with IGNORE stay IGNORE.
+    """
+    sampled = labels.clone()
+    for i, gen in enumerate(generators):
+        positions = (labels[i, 1:] != IGNORE).nonzero().squeeze(1)
+        if positions.numel():
+            probs = logits[i, positions].detach().float().softmax(-1).cpu()
+            sampled[i, positions + 1] = torch.multinomial(probs, 1, generator=gen).squeeze(1).to(labels.device)
+    return sampled
+
+
+def response_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Summed next-token NLL over labelled positions: logits (batch, T, vocab), labels (batch, T)."""
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE, reduction="sum"
+    )
+
+
+class FIMCalculator:
+    """Accumulates K-FAC factors of the Linear modules named in `bases` ({name: (U (d_out, p), V (d_in, q))}).
+
+    The model's parameters are frozen; the graph is kept alive by making the embedding output
+    require grad, so no parameter gradient is ever computed or stored.
+    """
+
+    def __init__(self, model: torch.nn.Module, bases: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.model = model
+        modules = dict(model.named_modules())
+        missing = [name for name in bases if name not in modules]
+        if missing:
+            raise InputError(f"the model has no module {missing[0]} to take the Fisher of")
+        self.modules = {name: modules[name] for name in bases}
+        self.bases = {}
+        for name, (U, V) in bases.items():
+            device = self.modules[name].weight.device
+            self.bases[name] = (U.float().to(device), V.float().to(device))
+        self.factors = {name: KFACFactors.zeros(U.shape[1], V.shape[1]) for name, (U, V) in bases.items()}
+        self._mask: torch.Tensor | None = None
+
+    def _record(self, name: str, x: torch.Tensor, y: torch.Tensor) -> None:
+        U, V = self.bases[name]
+        mask = self._mask.to(x.device)
+        xt = (x.detach().float() @ V)[mask].double()  # (tokens, q)
+        if not y.requires_grad:
+            return
+
+        def on_grad(g: torch.Tensor) -> None:
+            gt = (g.float() @ U)[mask].double()  # (tokens, p)
+            f = self.factors[name]
+            f.A_sum += (xt.T @ xt).cpu()
+            f.G_sum += (gt.T @ gt).cpu()
+            f.diag_sum += ((gt * gt).T @ (xt * xt)).cpu()
+            f.tokens += float(mask.sum())
+
+        y.register_hook(on_grad)
+
+    @contextmanager
+    def hooks(self) -> Iterator[None]:
+        """Install the hooks (and freeze the parameters) for the duration of the block."""
+        handles = [
+            module.register_forward_hook(lambda _m, inputs, output, name=name: self._record(name, inputs[0], output))
+            for name, module in self.modules.items()
+        ]
+        embeddings = self.model.get_input_embeddings()
+        handles.append(embeddings.register_forward_hook(lambda _m, _i, out: out.requires_grad_()))
+        flags = {p: p.requires_grad for p in self.model.parameters()}
+        for p in flags:
+            p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+            for p, flag in flags.items():
+                p.requires_grad_(flag)
+
+    def accumulate(
+        self, batch: dict[str, torch.Tensor], kind: FisherKind, generators: Sequence[torch.Generator]
+    ) -> None:
+        """One forward/backward pass over a collated batch (inside `hooks()`); adds to the factor sums."""
+        device = self.model.get_input_embeddings().weight.device
+        ids, attn = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        labels = batch["labels"].to(device)
+        self._mask = attn.bool()
+        logits = self.model(input_ids=ids, attention_mask=attn).logits
+        if kind == "true":
+            labels = sample_labels(logits, labels, generators)
+        loss = response_nll(logits, labels)
+        if loss.requires_grad:
+            loss.backward()
+        self._mask = None
+
+    def run(
+        self,
+        examples: Sequence[Example],
+        pad_id: int,
+        options: FisherOptions,
+        indices: Sequence[int] | None = None,
+        description: str = "Fisher pass",
+    ) -> dict[str, KFACFactors]:
+        """Accumulate over `examples` (global indices `indices`, default 0..n-1, seed the true-Fisher
+        sampling) in batches; returns the per-module sums."""
+        indices = list(range(len(examples))) if indices is None else list(indices)
+        order = list(range(len(examples)))
+        batches = [order[i : i + options.batch_size] for i in range(0, len(order), options.batch_size)]
+        was_training = self.model.training
+        self.model.eval()
+        with self.hooks():
+            for batch in track(batches, description):
+                gens = [example_generator(options.seed, indices[i]) for i in batch]
+                self.accumulate(collate([examples[i] for i in batch], pad_id), options.kind, gens)
+        self.model.train(was_training)
+        return self.factors
+
+
+@contextmanager
+def applied_deltas(model: torch.nn.Module, deltas: dict[str, torch.Tensor] | None) -> Iterator[None]:
+    """Add ΔW (d_out, d_in) to the named Linear weights for the block, then restore the originals."""
+    modules = dict(model.named_modules())
+    saved = {}
+    try:
+        with torch.no_grad():
+            for name, delta in (deltas or {}).items():
+                weight = modules[name].weight
+                saved[name] = weight.detach().clone()
+                weight.add_(delta.to(weight.device, weight.dtype))
+        yield
+    finally:
+        with torch.no_grad():
+            for name, original in saved.items():
+                modules[name].weight.copy_(original)
+
+
+def fisher_pass(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    bases: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    data: str | Path,
+    options: FisherOptions,
+    deltas: dict[str, torch.Tensor] | None = None,
+    rank: int = 0,
+    world: int = 1,
+) -> dict[str, KFACFactors]:
+    """K-FAC sums of every module in `bases` over the first `options.max_examples` rows of the chat
+    JSONL `data`; with `world` > 1 this process takes every world-th example from `rank` on (the
+    caller all-reduces: see `sst_merge.distributed`)."""
+    rows = read_chat_jsonl(data)[: options.max_examples]
+    examples = encode_chat(tokenizer, rows, options.max_length)
+    indices = list(range(rank, len(examples), world))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    calc = FIMCalculator(model, bases)
+    with applied_deltas(model, deltas):
+        return calc.run([examples[i] for i in indices], pad_id, options, indices, f"Fisher {Path(data).name}")
+
+
+# ---- files and cache -------------------------------------------------------------------------------
+
+
+def save_factors(
+    path: str | Path,
+    factors: dict[str, KFACFactors],
+    bases: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    meta: dict[str, Any],
+) -> None:
+    """Write factors and their bases (safetensors, `<module>::A_sum` …) atomically, with `meta` as JSON metadata."""
+    path = Path(path)
+    tensors: dict[str, torch.Tensor] = {}
+    for name, f in factors.items():
+        U, V = bases[name]
+        tensors.update({
+            f"{name}::A_sum": f.A_sum, f"{name}::G_sum": f.G_sum, f"{name}::diag_sum": f.diag_sum,
+            f"{name}::tokens": torch.tensor([f.tokens], dtype=torch.float64),
+            f"{name}::U": U.float().contiguous(), f"{name}::V": V.float().contiguous(),
+        })
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"format": FORMAT,
+                                                                                    "meta": json.dumps(meta)})
+    tmp.replace(path)
+
+
+def load_factors(path: str | Path) -> tuple[dict[str, KFACFactors], dict[str, tuple[torch.Tensor, torch.Tensor]], dict]:
+    """Read a factors file written by `save_factors`: (factors, bases, meta)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("Fisher factors file not found", path)
+    try:
+        tensors = load_file(str(path))
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InputError(f"corrupt Fisher factors file ({exc})", path) from exc
+    if metadata.get("format") != FORMAT:
+        raise InputError(f"not a Fisher factors file (format {metadata.get('format')!r})", path)
+    names = sorted({key.rsplit("::", 1)[0] for key in tensors})
+    factors, bases = {}, {}
+    for name in names:
+        factors[name] = KFACFactors(tensors[f"{name}::A_sum"], tensors[f"{name}::G_sum"],
+                                    tensors[f"{name}::diag_sum"], float(tensors[f"{name}::tokens"][0]))
+        bases[name] = (tensors[f"{name}::U"], tensors[f"{name}::V"])
+    return factors, bases, json.loads(metadata.get("meta", "{}"))
+
+
+def file_fingerprint(path: Path, full_below: int = 64 << 20) -> str:
+    """sha256 of a file's bytes; for files over `full_below` bytes, of its size, first and last MiB
+    (a base model of many GB is not re-read for every merge)."""
+    digest = hashlib.sha256()
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        if size <= full_below:
+            digest.update(handle.read())
+        else:
+            digest.update(str(size).encode())
+            digest.update(handle.read(1 << 20))
+            handle.seek(size - (1 << 20))
+            digest.update(handle.read())
+    return digest.hexdigest()
+
+
+def dir_fingerprint(path: Path) -> str:
+    """Fingerprint of a model or adapter directory: every file's name and `file_fingerprint`."""
+    files = sorted(p for p in Path(path).rglob("*") if p.is_file())
+    blob = json.dumps([[str(p.relative_to(path)), file_fingerprint(p)] for p in files])
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def cache_key(parts: dict[str, Any]) -> str:
+    """Content hash of everything that decides a factors file (inputs' fingerprints and settings)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def cached_factors(
+    cache_dir: Path | None,
+    key: str,
+    compute: Callable[[], dict[str, KFACFactors]],
+    bases: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    meta: dict[str, Any],
+    read: bool = True,
+) -> dict[str, KFACFactors]:
+    """The factors stored under `key` in `cache_dir` (if `read`), else `compute()`d and stored there."""
+    if cache_dir is None:
+        return compute()
+    path = Path(cache_dir) / f"fisher-{key}.safetensors"
+    if read and path.is_file():
+        factors, _, _ = load_factors(path)
+        if set(factors) == set(bases):
+            return factors
+    factors = compute()
+    save_factors(path, factors, bases, {**meta, "key": key})
+    return factors
