@@ -73,6 +73,12 @@ def test_infinite_loop_times_out() -> None:
     assert result.duration_s < 6.0
 
 
+def test_cpu_limit_kills_busy_loop() -> None:
+    limits = SandboxLimits(timeout_s=8.0, cpu_s=1, max_processes=8, guard=False)
+    result = run_program("while True:\n    pass\n", limits)
+    assert result.status == "killed" and "SIGXCPU" in result.detail and result.duration_s < 6.0
+
+
 @needs_bwrap
 @pytest.mark.parametrize("limits", [FAST, UNGUARDED], ids=["guarded", "unguarded"])
 def test_fork_bomb_is_contained(limits: SandboxLimits) -> None:

@@ -53,6 +53,7 @@ logger = logging.getLogger(__name__)
 
 _TAIL_BYTES = 4096
 _FAIL_MARK = "SANDBOX-FAILED:"
+_SIGNAL_CAUSES = {"SIGXCPU": " (CPU time limit)", "SIGXFSZ": " (file-size limit)", "SIGKILL": " (memory or kill)"}
 
 # The child: read the token, set limits, drop to the sandbox uid, guard, run the program, print token.
 _RUNNER = r"""
@@ -312,10 +313,14 @@ def _classify(returncode: int, token: str, stdout: str, stderr: str) -> tuple[st
             return "failed", "failed: " + line[len(_FAIL_MARK):].strip()
     if stderr.lstrip().startswith("bwrap:"):
         return "error", "sandbox error: " + stderr.strip().splitlines()[0]
+    # A signal shows as a negative code directly, or as 128 + signal through bwrap.
     signum = -returncode if returncode < 0 else returncode - 128 if returncode > 128 else 0
     if signum:
-        name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else str(signum)
-        return "killed", f"killed by {name} (CPU, file-size or memory limit)"
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:
+            name = f"signal {signum}"
+        return "killed", f"killed by {name}{_SIGNAL_CAUSES.get(name, '')}"
     if returncode == 0:
         return "failed", "failed: exited before the program finished"
     return "failed", f"failed: exit code {returncode}"
