@@ -11,7 +11,7 @@ from sst_merge import __version__
 from sst_merge.errors import InputError
 
 # Sub-command modules, in the order `--help` lists them.
-COMMANDS = ["merge", "experiment", "demo", "testbed", "eval", "judge"]
+COMMANDS = ["merge", "experiment", "demo", "testbed", "eval", "judge", "fisher", "inspect"]
 
 
 def build_parser() -> argparse.ArgumentParser:

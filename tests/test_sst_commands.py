@@ -1,0 +1,60 @@
+"""The `fisher` and `inspect` commands on a tiny model: files written, figures consistent with the library."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from sst_merge.cli import main
+from sst_merge.commands.inspect import subspace_overlap
+from sst_merge.fisher import FisherOptions, fisher_pass, load_factors
+from sst_merge.models import load_model
+
+pytest_plugins = ["sst_fixtures"]  # chat_base, chat_adapters, chat_data
+
+
+def test_fisher_command_writes_the_factors_and_fills_the_cache(chat_base: Path, chat_adapters: list[Path],
+                                                               chat_data: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "f.safetensors"
+    argv = ["fisher", "--base", str(chat_base), "--adapter", str(chat_adapters[0]), "--adapter", str(chat_adapters[2]),
+            "--data", str(chat_data["u0"]), "--max-examples", "5", "--output", str(out),
+            "--cache-dir", str(tmp_path / "cache")]
+    assert main(argv) == 0
+    factors, bases, meta = load_factors(out)
+    assert meta["world_size"] == 1 and len(list((tmp_path / "cache").glob("fisher-*"))) == 1
+    model, tokenizer = load_model(chat_base, dtype="float32")
+    name = "model.layers.1.self_attn.v_proj"
+    direct = fisher_pass(model, tokenizer, {name: bases[name]}, chat_data["u0"], FisherOptions(max_examples=5))
+    assert float((direct[name].G - factors[name].G).norm() / direct[name].G.norm()) < 1e-6
+
+
+def test_inspect_writes_json_and_png(chat_base: Path, chat_adapters: list[Path], chat_data: dict[str, Path],
+                                     tmp_path: Path) -> None:
+    argv = ["inspect", "--base", str(chat_base), "--safety-adapter", str(chat_adapters[3]),
+            "--safety-data", str(chat_data["safety"]), "--utility-data", str(chat_data["u0"]),
+            "--fisher-max-examples", "6", "--beta", "2.5", "--output", str(tmp_path / "insp")]
+    for a in chat_adapters[:3]:
+        argv += ["--adapter", str(a)]
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "insp" / "inspect.json").read_text())
+    assert (tmp_path / "insp" / "inspect.png").stat().st_size > 1000
+    summary = report["summary"]
+    assert summary["beta"] == 2.5
+    assert 0 < summary["safety_energy_kept_share"] < 1
+    assert abs(summary["safety_energy_kept_share"] + summary["safety_energy_removed_share"] - 1) < 1e-12
+    # the filter costs safety energy faster than utility energy (it targets high-λ directions)
+    assert summary["utility_energy_kept_share"] > summary["safety_energy_kept_share"]
+    module = report["modules"]["model.layers.1.mlp.down_proj"]
+    assert module["overlaps"]["column"][0][0] == 1.0 or abs(module["overlaps"]["column"][0][0] - 1) < 1e-9
+    assert module["overlaps"]["column"][2][1] is not None and module["overlaps"]["column"][0][2] is not None
+    assert report["modules"]["model.layers.0.mlp.down_proj"]["overlaps"]["column"][0][2] is None
+
+
+def test_subspace_overlap_bounds() -> None:
+    gen = torch.Generator().manual_seed(0)
+    X = torch.randn(20, 3, generator=gen)
+    assert abs(subspace_overlap(X, X @ torch.randn(3, 2, generator=gen)) - 1) < 1e-9
+    e = torch.eye(20)
+    assert subspace_overlap(e[:, :3], e[:, 3:6]) == 0.0
