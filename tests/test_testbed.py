@@ -70,13 +70,14 @@ def test_task_splits_are_held_out_and_answers_are_right() -> None:
 def test_harmful_and_benign_hold_out_verbs_and_objects() -> None:
     data = make_data(make_config("micro"))
     train_verbs = {r["verb"] for kind in ("harmful", "benign") for r in data[kind]["train"]}
+    train_objects = {r["object"] for kind in ("harmful", "benign") for r in data[kind]["train"]}
     for kind in ("harmful", "benign"):
-        rows = data[kind]
-        train_objects = {r["object"] for r in rows["train"]}
         for split in ("val", "test"):
-            assert {r["category"] for r in rows[split]} == set(CATEGORIES)
-            assert not {r["verb"] for r in rows[split]} & train_verbs
-            assert not {r["object"] for r in rows[split]} & train_objects
+            rows = data[kind][split]
+            assert {r["category"] for r in rows} == set(CATEGORIES)
+            assert not {r["verb"] for r in rows} & train_verbs
+            assert not {r["object"] for r in rows} & train_objects
+            assert all(r["verb"] in r["prompt"] and r["object"] in r["prompt"] for r in rows)
     assert len(CATEGORIES) >= 8
     assert all(r["response"] == REFUSAL for split in data["harmful"].values() for r in split)
     assert not any(is_refusal(r["response"]) for split in data["benign"].values() for r in split)
@@ -140,7 +141,8 @@ def test_manifest_records_settings_metrics_times_and_falling_loss(micro: Path) -
     assert set(metrics["experts"]) == set(TASK_NAMES[:3])
     for m in [metrics["base"], metrics["safety"], *metrics["experts"].values()]:
         assert 0.0 <= m["refusal"] <= 1.0 and 0.0 <= m["over_refusal"] <= 1.0
-    assert {"data", "tokenizer", "base_train", "experts_total", "safety_train", "total"} <= set(manifest["times_s"])
+    assert {"data", "tokenizer", "base_train", "adapters_and_eval", "total"} <= set(manifest["times_s"])
+    assert set(manifest["times_s"]["adapters"]) == {*TASK_NAMES[:3], "safety"}
     assert manifest["train_loss"]["base"]["last"] < manifest["train_loss"]["base"]["first"]
     rows = load_testbed(micro).split("harmful", "test")
     assert rows and {"prompt", "response"} <= set(rows[0])

@@ -29,13 +29,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--force", action="store_true", help="rebuild even if a finished build is there")
     build.add_argument("--preset", choices=list(PRESETS), default="default",
                        help="'micro' builds a tiny testbed in seconds (for tests; its metrics mean nothing)")
+    build.add_argument("--workers", type=int, help="processes training adapters in parallel (default: CPU count)")
+    build.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1)")
     build.add_argument("--json", action="store_true", help="print testbed.json instead of a table")
     build.set_defaults(func=run_build)
 
 
 def run_build(args: argparse.Namespace) -> int:
     """Build, then print the directory and the measured metrics."""
-    path = build_testbed(experts=args.experts, seed=args.seed, out=args.out, force=args.force, preset=args.preset)
+    path = build_testbed(experts=args.experts, seed=args.seed, out=args.out, force=args.force, preset=args.preset,
+                         workers=args.workers, threads=args.threads)
     manifest = load_testbed(path).manifest
     if args.json:
         print(json.dumps(manifest, indent=2))
@@ -49,9 +52,9 @@ def run_build(args: argparse.Namespace) -> int:
                   f"{times['base_train']:.0f}")
     for task, m in metrics["experts"].items():
         table.add_row(task, f"{m['accuracy']:.2f}", f"{m['base_accuracy']:.2f}", f"{m['refusal']:.2f}",
-                      f"{m['over_refusal']:.2f}", f"{times['experts'][task]['train']:.0f}")
+                      f"{m['over_refusal']:.2f}", f"{times['adapters'][task]['train']:.0f}")
     table.add_row("safety", "", "", f"{metrics['safety']['refusal']:.2f}", f"{metrics['safety']['over_refusal']:.2f}",
-                  f"{times['safety_train']:.0f}")
+                  f"{times['adapters']['safety']['train']:.0f}")
     console.print(table)
     erosion = metrics["erosion"]
     console.print(f"erosion: refusal {erosion['base_refusal']:.2f} (base) → {erosion['mean_expert_refusal']:.2f} "

@@ -44,6 +44,8 @@ class TestbedConfig:
     lora_targets: list[str] = field(default_factory=lambda: list(ALL_PROJ))
     expert_steps: int = 250
     expert_lr: float = 4e-3
+    # LoRA+: B matrices learn this many times faster than A
+    lora_b_lr_ratio: float = 1.0
     erosion_fraction: float = 0.15
     safety_steps: int = 100
     safety_lr: float = 2e-3
