@@ -92,6 +92,7 @@ def test_run_resume_and_determinism(micro_config: Path, tmp_path: Path, monkeypa
         assert needle in report
     assert (first / "exp1" / "pareto.png").stat().st_size > 1000
     assert (first / "exp2" / "vs_k.png").stat().st_size > 1000
+    assert "Safety tax (reference: TA" in report and results["exp1"]["safety_tax"]["settings"]
     assert (first / "config.yaml").is_file() and (first / "run.log").is_file()
 
     # Re-running the same command computes nothing and gives the same numbers.

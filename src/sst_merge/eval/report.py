@@ -57,7 +57,7 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def _tax_markdown(tax: Mapping[str, Any]) -> str:
+def tax_markdown(tax: Mapping[str, Any]) -> str:
     """The safety-tax section: per-setting table and the front areas."""
     ref = tax["reference"]
     rows = []
@@ -93,7 +93,7 @@ def render_markdown(rows: Sequence[Mapping[str, Any]], tax: Mapping[str, Any] | 
                                                                              r["n"]), r["ci_method"] or "–"]
                                      for r in mine]))
     if tax is not None:
-        parts.append(_tax_markdown(tax))
+        parts.append(tax_markdown(tax))
     if plots:
         parts.append("## Plots\n\n" + "\n".join(f"![{Path(p).stem}]({Path(p).name})" for p in plots))
     return "\n\n".join(parts) + "\n"

@@ -15,6 +15,7 @@ import yaml
 
 from sst_merge.atomic import write_json_atomic, write_text_atomic
 from sst_merge.errors import InputError
+from sst_merge.eval.safety_tax import SafetyTaxCalculator, Setting
 from sst_merge.experiments.cells import Cell, CellStore
 from sst_merge.experiments.config import ExperimentConfig, MethodSpec, Mode
 from sst_merge.experiments.subject import Subject, resolve_subject
@@ -203,7 +204,16 @@ def _run(config: ExperimentConfig, mode: Mode, model: str, experiments: list[str
         return merge_cell(label, config.methods[label], k, {row["param"]: row["value"]}, seed=seed)
 
     if "exp1" in experiments:
-        results["exp1"] = {"k": k_sweep, "sweeps": sweeps}
+        reference = chosen.get("TA")
+        results["exp1"] = {
+            "k": k_sweep,
+            "sweeps": sweeps,
+            "safety_tax": safety_tax(
+                [(label, row) for label, rows in sweeps.items() for row in rows], ("TA", reference)
+            )
+            if reference
+            else None,
+        }
     if "exp2" in experiments:
         results["exp2"] = {
             "k": k_exp2,
@@ -219,13 +229,43 @@ def _run(config: ExperimentConfig, mode: Mode, model: str, experiments: list[str
             seeds = spec.seeds if spec.method.startswith("dare") else [0]
             runs = [rows_of(runner.record(chosen_cell(label, k_exp3, seed))) for seed in seeds]
             table.append({"method": label, "k": k_exp3, "seeds": seeds, "runs": runs, "chosen": chosen[label]["value"]})
-        results["exp3"] = {"k": k_exp3, "table": table}
+        reference = next((e for e in table if e["method"] == "TA"), None)
+        results["exp3"] = {
+            "k": k_exp3,
+            "table": table,
+            "safety_tax": safety_tax(
+                [(e["method"], {**e["runs"][0], "param": "seed 0", "value": e["chosen"]}) for e in table],
+                ("TA", {**reference["runs"][0], "param": "seed 0", "value": reference["chosen"]}),
+            )
+            if reference
+            else None,
+        }
     results["run"]["cells_computed"] = runner.computed
     results["run"]["cells_reused"] = runner.reused
     results["run"]["seconds"] = round(time.perf_counter() - started, 1)
     write_json_atomic(run_dir / "results.json", results)
     console.log(f"experiments: {runner.computed} cells computed, {runner.reused} reused")
     return results
+
+
+def _setting(label: str, row: dict[str, Any]) -> Setting:
+    test = row["test"]
+    return Setting(
+        method=label,
+        label=f"{row['param']}={row['value']}",
+        utility=test["normalized_accuracy"] or 0.0,
+        safety=test["refusal"]["value"],
+        safety_successes=test["refusal"]["successes"],
+        safety_n=test["refusal"]["n"],
+    )
+
+
+def safety_tax(rows: list[tuple[str, dict[str, Any]]], reference: tuple[str, dict[str, Any]]) -> dict[str, Any]:
+    """The safety tax of every (method, row) against the reference (the unprotected merge, TA), test split:
+    utility = mean normalised task accuracy, safety = refusal rate on harmful prompts."""
+    ref = _setting(*reference)
+    settings = [s for s in (_setting(label, row) for label, row in rows) if s != ref]
+    return SafetyTaxCalculator(ref).analyze(settings)
 
 
 def rows_of_reference(record: dict[str, Any]) -> dict[str, Any]:
