@@ -134,3 +134,50 @@ def test_shipped_config_validates():
     assert config.num_experts("exp2", "full") == [8, 12, 16, 20, 24]
     assert set(config.models) == {"testbed", "mistral-7b", "llama-3.1-8b", "qwen-2.5-14b"}
     assert set(config.methods) == {"TA", "TIES", "DARE", "AGL", "SST-Merge"}
+
+
+def test_hub_model_path_on_a_local_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A `kind: hub` model runs through the same runner: shared safety data, the experts' own task data."""
+    from eval_fixtures import make_random_chat_model
+    from sst_merge.synthetic import make_random_adapter
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # BeaverTails from the shared local file
+    base = make_random_chat_model(tmp_path / "chat", words=["what", "is", "two", "plus", "three", "five"])
+    experts, task_dirs = [], []
+    for i in range(2):
+        experts.append(make_random_adapter(base, tmp_path / f"expert{i}", seed=i, r=2, std=0.02))
+        task = tmp_path / f"task{i}"
+        task.mkdir()
+        for split in ("train", "val", "test"):
+            (task / f"{split}.jsonl").write_text(
+                json.dumps({"prompt": "what is two plus three", "response": "five"}) + "\n"
+            )
+        task_dirs.append(task)
+    config = json.loads(json.dumps(MICRO))
+    config["datasets"]["minimal"] = {"beavertails": {"limit": 3}, "xstest": {"limit": 3}}
+    config["models"] = {
+        "local": {
+            "kind": "hub",
+            "hub_id": str(base),
+            "dtype": "float32",
+            "batch_size": 8,
+            "max_new_tokens": 4,
+            "experts": [str(e) for e in experts],
+            "expert_data": [str(t) for t in task_dirs],
+            "safety_data": str(task_dirs[0] / "train.jsonl"),
+        }
+    }
+    config["methods"] = {"TA": {"method": "ta", "sweep": {"scale": [1.0]}}}
+    config["experiments"] = {
+        name: {"output_dir": name, "num_experts": {"minimal": 2, "full": 2}} for name in ("exp1", "exp2", "exp3")
+    }
+    path = tmp_path / "hub.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = tmp_path / "run"
+    assert main(["experiment", "--config", str(path), "--model", "local", "--output", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    base_test = results["references"]["base"]["test"]
+    assert base_test["refusal"]["n"] == 3 and base_test["over_refusal"]["n"] == 3
+    assert base_test["judge"] == "keyword"
+    assert set(results["references"]["experts"]) == {"task0", "task1"}
+    assert results["exp3"]["table"][0]["method"] == "TA"

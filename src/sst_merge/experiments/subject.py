@@ -8,7 +8,7 @@ from typing import Any
 
 from sst_merge.errors import InputError
 from sst_merge.experiments.config import DatasetSpec, ModelSpec
-from sst_merge.experiments.testbed_eval import TestbedEvaluator
+from sst_merge.experiments.evaluation import ChatEvaluator, hub_data, testbed_data
 from sst_merge.methods import get_method
 
 
@@ -24,7 +24,7 @@ class Subject:
     train_data: list[Path]
     safety_adapter: Path | None
     safety_data: Path | None
-    evaluator: TestbedEvaluator
+    evaluator: ChatEvaluator
 
     def method_data(self, method: str, k: int) -> dict[str, Any]:
         """The data parameters a Fisher-based method takes (safety/utility data, safety adapter), if any."""
@@ -38,7 +38,8 @@ class Subject:
 
 
 def resolve_subject(name: str, spec: ModelSpec, data: DatasetSpec, max_experts: int) -> Subject:
-    """Build (or find cached) the testbed, or check a hub model's adapters, for `max_experts` experts."""
+    """Build (or find cached) the testbed, or check a hub model's adapters and data, for `max_experts` experts."""
+    common = {"batch_size": spec.batch_size, "max_new_tokens": spec.max_new_tokens}
     if spec.kind == "testbed":
         from sst_merge.testbed import build_testbed, load_testbed
 
@@ -49,6 +50,7 @@ def resolve_subject(name: str, spec: ModelSpec, data: DatasetSpec, max_experts: 
         # Build only the experts this run needs: a minimal run does not wait for the full set.
         testbed = load_testbed(build_testbed(experts=max_experts, seed=build.seed, preset=build.preset))
         tasks = testbed.tasks[:max_experts]
+        limits = data.testbed
         return Subject(
             name=name,
             spec=spec,
@@ -58,21 +60,26 @@ def resolve_subject(name: str, spec: ModelSpec, data: DatasetSpec, max_experts: 
             train_data=[testbed.root / "data" / t / "train.jsonl" for t in tasks],
             safety_adapter=testbed.safety_dir,
             safety_data=testbed.root / "data" / "harmful" / "train.jsonl",
-            evaluator=TestbedEvaluator(
-                testbed,
-                harmful=data.testbed.harmful,
-                benign=data.testbed.benign,
-                task_items=data.testbed.task_items,
-                batch_size=spec.batch_size,
-                max_new_tokens=spec.max_new_tokens,
+            evaluator=ChatEvaluator(
+                testbed_data(testbed, tasks, limits.harmful, limits.benign, limits.task_items), **common
             ),
         )
-    if len(spec.experts) < max_experts:
+    if len(spec.experts) < max_experts or len(spec.expert_data) < max_experts:
         raise InputError(
-            f"models.{name}.experts lists {len(spec.experts)} adapters; the experiments need {max_experts} "
-            "(PEFT adapter dirs, one per task, with expert_data dirs holding train/val/test.jsonl)"
+            f"models.{name}: the experiments need {max_experts} experts; experts lists {len(spec.experts)} PEFT "
+            f"adapter dirs and expert_data {len(spec.expert_data)} task dirs (each with train/val/test.jsonl)"
         )
-    raise InputError(
-        f"model {name}: experiments on hub models need the task evaluator of their expert data, which is "
-        "configured per model; run the testbed here, or merge and evaluate with `sst-merge merge` / `sst-merge eval`"
+    if spec.safety_data is None:
+        raise InputError(f"models.{name}.safety_data is not set (JSONL of harmful prompt -> refusal)")
+    task_dirs = {Path(d).name: Path(d) for d in spec.expert_data[:max_experts]}
+    return Subject(
+        name=name,
+        spec=spec,
+        base=str(spec.hub_id),
+        experts=list(spec.experts[:max_experts]),
+        tasks=list(task_dirs),
+        train_data=[d / "train.jsonl" for d in task_dirs.values()],
+        safety_adapter=spec.safety_adapter,
+        safety_data=spec.safety_data,
+        evaluator=ChatEvaluator(hub_data(None, task_dirs, data.beavertails.limit, data.xstest.limit, None), **common),
     )

@@ -1,0 +1,123 @@
+"""Score a (merged) chat model for the experiments: refusal on harmful prompts, over-refusal on benign
+ones, and exact-match accuracy on each expert's task, for the validation and test splits, from one
+batched generation. The same evaluator serves the testbed and hub models; only the data differ."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from sst_merge.errors import InputError
+from sst_merge.eval.judges import CombinedRefusalJudge, Judge, RefusalSentenceJudge
+from sst_merge.eval.stats import rate_metric
+from sst_merge.eval.testbed_tasks import is_exact_match
+from sst_merge.generation import generate_chat
+
+SPLITS = ("val", "test")
+
+
+@dataclass(frozen=True)
+class EvalData:
+    """Prompts per split: `harmful` (should be refused), `benign` (should be answered), each task's
+    rows (`prompt`, `response`) per split, and the refusal judge."""
+
+    harmful: dict[str, list[str]]
+    benign: dict[str, list[str]]
+    tasks: dict[str, dict[str, list[dict[str, str]]]]
+    judge: Judge
+
+
+@dataclass(frozen=True)
+class ChatEvaluator:
+    """Generates greedy replies through the chat template and scores them against `data`."""
+
+    data: EvalData
+    batch_size: int = 16
+    max_new_tokens: int = 256
+
+    def evaluate(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, tasks: Sequence[str]
+    ) -> dict[str, Any]:
+        """{split: {"refusal", "over_refusal": rate, "tasks": {task: rate}, "judge": name}} for val and test."""
+        groups: list[tuple[str, str, list[dict[str, str]]]] = []
+        for split in SPLITS:
+            groups.append((split, "harmful", [{"prompt": p} for p in self.data.harmful[split]]))
+            groups.append((split, "benign", [{"prompt": p} for p in self.data.benign[split]]))
+            groups.extend((split, task, self.data.tasks[task][split]) for task in tasks)
+        prompts = [row["prompt"] for _, _, rows in groups for row in rows]
+        replies = generate_chat(
+            model, tokenizer, prompts, self.max_new_tokens, self.batch_size, description="evaluating"
+        )
+        result: dict[str, Any] = {split: {"tasks": {}, "judge": self.data.judge.name} for split in SPLITS}
+        offset = 0
+        for split, name, rows in groups:
+            got = replies[offset : offset + len(rows)]
+            offset += len(rows)
+            if name in ("harmful", "benign"):
+                verdicts = self.data.judge.judge([row["prompt"] for row in rows], got)
+                result[split]["refusal" if name == "harmful" else "over_refusal"] = rate_metric(
+                    sum(verdicts), len(rows)
+                )
+            else:
+                hits = sum(is_exact_match(r, row["response"]) for r, row in zip(got, rows, strict=True))
+                result[split]["tasks"][name] = rate_metric(hits, len(rows))
+        return result
+
+
+def testbed_data(
+    testbed: Any, tasks: Sequence[str], harmful: int | None, benign: int | None, task_items: int | None
+) -> EvalData:
+    """The testbed's held-out splits, judged by its exact refusal sentence."""
+    return EvalData(
+        harmful={s: [r["prompt"] for r in testbed.split("harmful", s)[:harmful]] for s in SPLITS},
+        benign={s: [r["prompt"] for r in testbed.split("benign", s)[:benign]] for s in SPLITS},
+        tasks={t: {s: testbed.split(t, s)[:task_items] for s in SPLITS} for t in tasks},
+        judge=RefusalSentenceJudge(testbed.refusal),
+    )
+
+
+def _halves(prompts: list[str], limit: int | None) -> dict[str, list[str]]:
+    """A fixed split of one prompt list: even positions are validation, odd positions test."""
+    return {"val": prompts[0::2][:limit], "test": prompts[1::2][:limit]}
+
+
+def _jsonl(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        raise InputError("missing task split (expert_data dirs hold train/val/test.jsonl)", path)
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"line {number}: invalid JSON ({exc})", path) from exc
+            if not isinstance(row, dict) or not {"prompt", "response"} <= set(row):
+                raise InputError(f"line {number}: needs 'prompt' and 'response'", path)
+            rows.append(row)
+    return rows
+
+
+def hub_data(
+    data_dir: Path | None,
+    task_dirs: dict[str, Path],
+    safety_limit: int | None,
+    benign_limit: int | None,
+    task_items: int | None,
+) -> EvalData:
+    """Real-model data: BeaverTails unsafe prompts (refusal), XSTest safe prompts (over-refusal), each
+    halved into validation/test, and each expert's own task data, judged by the keyword judge."""
+    from sst_merge.data.safety import load_beavertails, load_xstest
+
+    harmful, _ = load_beavertails(data_dir)
+    benign = [r.prompt for r in load_xstest(data_dir) if not r.harmful]
+    return EvalData(
+        harmful=_halves([r.prompt for r in harmful], safety_limit),
+        benign=_halves(benign, benign_limit),
+        tasks={t: {s: _jsonl(d / f"{s}.jsonl")[:task_items] for s in SPLITS} for t, d in task_dirs.items()},
+        judge=CombinedRefusalJudge(),
+    )
