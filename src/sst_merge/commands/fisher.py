@@ -44,7 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-length", type=int, default=512, help="tokens per example")
     parser.add_argument("--batch-size", type=int, default=8, help="examples per pass")
     parser.add_argument("--seed", type=int, default=0, help="seed of the true Fisher's label sampling")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, or auto (shard the model over the GPUs)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                        help="dtype of the model during the pass (factors are float64)")
     parser.add_argument("--cache-dir", type=Path, help="also store the factors in this cache")
     parser.set_defaults(func=run)
 
@@ -68,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     params = FisherParams(safety_data=args.data, fisher_kind=args.kind, fisher_at=args.at,
                           fisher_max_examples=args.max_examples, fisher_max_length=args.max_length,
                           fisher_batch_size=args.batch_size, fisher_seed=args.seed, cache_dir=args.cache_dir,
-                          device=args.device)
+                          device=args.device, fisher_dtype=args.dtype)
     subspaces = job_subspaces(job, extra)
     rank, world = init_from_env()
     (factors,) = factor_sets(job, subspaces, [args.data], params, extra, rank, world,

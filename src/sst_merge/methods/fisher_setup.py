@@ -45,7 +45,10 @@ class FisherParams(MethodParams):
     fisher_batch_size: int = Field(8, ge=1, description="examples per forward/backward pass")
     fisher_seed: int = Field(0, description="seed of the label sampling of the true Fisher")
     cache_dir: Path | None = Field(None, description="directory of cached Fisher factors (reused across a sweep)")
-    device: str = Field("cpu", description="device of the Fisher pass: cpu, cuda or auto")
+    device: str = Field("cpu", description="device of the Fisher pass: cpu, cuda, or auto (shard over the GPUs)")
+    fisher_dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="dtype the model runs in during the Fisher pass (factors are always float64)"
+    )
 
     def fisher_options(self) -> FisherOptions:
         """The FisherOptions these parameters describe."""
@@ -92,10 +95,10 @@ def identity(job: MergeJob, extra: Sequence[LoraAdapter], fisher_at: str) -> dic
     }
 
 
-def resolve_device(device: str) -> str:
-    """"auto" → cuda when available, else cpu; anything else as given."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+def device_map_for(device: str) -> str | None:
+    """The `load_model` device map of a `device` setting: None (one CPU) for cpu, or for auto without CUDA."""
+    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
+        return None
     return device
 
 
@@ -126,8 +129,7 @@ def factor_sets(
         if not loaded:
             from sst_merge.models import load_model
 
-            device = resolve_device(params.device)
-            model, tokenizer = load_model(job.base, dtype="float32", device_map=None if device == "cpu" else device)
+            model, tokenizer = load_model(job.base, dtype=params.fisher_dtype, device_map=device_map_for(params.device))
             loaded.update(model=model, tokenizer=tokenizer)
         deltas = ta_deltas(job) if params.fisher_at == "ta" else None
         factors = fisher_pass(loaded["model"], loaded["tokenizer"], bases, path, options, deltas, rank, world)
@@ -135,7 +137,7 @@ def factor_sets(
 
     results = []
     for path in datasets:
-        key = cache_key({**ident, "data": file_fingerprint(Path(path)), **options.key()})
+        key = cache_key({**ident, "data": file_fingerprint(Path(path)), "dtype": params.fisher_dtype, **options.key()})
         meta = {"data": str(path), "options": options.key(), "identity": ident}
         # Data-parallel: every process must join each all-reduce, so none may skip a pass on a cache hit;
         # rank 0 alone writes the cache.
