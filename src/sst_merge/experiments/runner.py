@@ -20,6 +20,7 @@ from sst_merge.experiments.cells import Cell, CellStore
 from sst_merge.experiments.config import ExperimentConfig, MethodSpec, Mode
 from sst_merge.experiments.subject import Subject, resolve_subject
 from sst_merge.merge import MergeConfig, merge_adapters
+from sst_merge.methods import get_method
 from sst_merge.models import load_model
 from sst_merge.progress import console
 
@@ -67,6 +68,9 @@ class Runner:
         tmp = Path(tempfile.mkdtemp(prefix="merge-", dir=self.run_dir))
         try:
             params = {**cell.params, **subject.method_data(cell.method, cell.k)}
+            if "cache_dir" in get_method(cell.method).params.model_fields:
+                # Fisher factors depend on the experts merged, not on the swept setting: compute once per K.
+                params.setdefault("cache_dir", str(self.run_dir / "fisher-cache"))
             if "seed" in params or cell.method.startswith("dare"):
                 params["seed"] = cell.seed
             merge = merge_adapters(
