@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -24,7 +25,7 @@ from sst_merge.methods.base import Factored, MergedDelta, MergeJob, MergeMethod,
 from sst_merge.methods.base import module_generator as make_generator
 from sst_merge.progress import make_progress, track
 from sst_merge.provenance import provenance_record
-from sst_merge.writers import base_weight_shards, copy_model_files, write_full_shard, write_peft_adapter
+from sst_merge.writers import base_weight_shards, copy_model_files, stream_full_shard, write_peft_adapter
 
 PROVENANCE_NAME = "sst_merge_provenance.json"
 
@@ -271,15 +272,16 @@ def _write_full(
     module_of = {f"{m}.weight": m for m in job.modules}
     with make_progress() as progress:
         bar = progress.add_task(f"merging ({loaded.method.name})", total=len(job.modules))
-        for shard, tensors in shards.items():
-            # Stream shard by shard: only this shard's ΔW are held in memory.
-            deltas = {}
-            for tensor in tensors:
-                if tensor in module_of:
-                    deltas[tensor] = merge_module(loaded, module_of[tensor], context).dense()
-                    progress.advance(bar)
-            write_full_shard(job.base, out, shard, deltas)
-            report.rel_error.update({module_of[t]: 0.0 for t in deltas})
+        def delta_of(tensor: str) -> torch.Tensor | None:
+            if tensor not in module_of:
+                return None
+            progress.advance(bar)
+            return merge_module(loaded, module_of[tensor], context).dense()
+
+        for shard in shards:
+            # Stream tensor by tensor: one base tensor and its ΔW are held in memory at a time.
+            changed = stream_full_shard(job.base, out, shard, delta_of)
+            report.rel_error.update({module_of[t]: 0.0 for t in changed})
     missing = set(job.modules) - set(report.rel_error)
     if missing:
         raise InputError(f"base weights lack {len(missing)} adapted modules, e.g. {sorted(missing)[0]}", job.base)

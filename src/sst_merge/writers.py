@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
+import struct
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -105,18 +108,50 @@ def copy_model_files(base: Path, out_dir: Path) -> None:
         shutil.copy2(index, out_dir / index.name)
 
 
+# Bytes per element of the safetensors dtype codes a checkpoint may store.
+_ITEM_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+
+
+def stream_full_shard(
+    base: Path, out_dir: Path, shard: str, delta_of: Callable[[str], torch.Tensor | None]
+) -> list[str]:
+    """Copy one base shard to `out_dir`, adding ΔW = delta_of(name) (float32 arithmetic) where it is not None.
+
+    Written tensor by tensor in safetensors format (header first, from the base's shapes), so only
+    one tensor and its ΔW are in memory at a time; the stored dtype of the base is kept. Returns
+    the names that received a ΔW.
+    """
+    with safe_open(str(base / shard), framework="pt") as handle:
+        metadata = handle.metadata() or {"format": "pt"}
+        names = list(handle.keys())
+        header: dict[str, object] = {"__metadata__": metadata}
+        offset = 0
+        for name in names:
+            part = handle.get_slice(name)
+            dtype, shape = part.get_dtype(), part.get_shape()
+            size = math.prod(shape) * _ITEM_BYTES[dtype]
+            header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
+            offset += size
+        encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        encoded += b" " * (-len(encoded) % 8)
+        changed = []
+        with open(out_dir / shard, "wb") as sink:
+            sink.write(struct.pack("<Q", len(encoded)))
+            sink.write(encoded)
+            for name in names:
+                tensor = handle.get_tensor(name)
+                delta = delta_of(name)
+                if delta is not None:
+                    tensor = (tensor.float() + delta).to(tensor.dtype)
+                    changed.append(name)
+                sink.write(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().data)
+    return changed
+
+
 def write_full_shard(base: Path, out_dir: Path, shard: str, deltas: dict[str, torch.Tensor]) -> None:
     """Copy one base shard to `out_dir`, adding ΔW (float32 arithmetic) to the weights named in `deltas`.
 
     `deltas` maps a tensor name (``model.layers.0.self_attn.q_proj.weight``) to its float32 ΔW; the
     stored dtype of the base is kept.
     """
-    tensors: dict[str, torch.Tensor] = {}
-    with safe_open(str(base / shard), framework="pt") as handle:
-        metadata = handle.metadata() or {"format": "pt"}
-        for name in handle.keys():  # noqa: SIM118 - safe_open handles are not iterable
-            tensor = handle.get_tensor(name)
-            if name in deltas:
-                tensor = (tensor.float() + deltas[name]).to(tensor.dtype)
-            tensors[name] = tensor
-    save_file(tensors, str(out_dir / shard), metadata=metadata)
+    stream_full_shard(base, out_dir, shard, deltas.get)
