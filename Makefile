@@ -23,8 +23,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: system-deps $(STAMP)
 
+# The testbed experiments (minimal): builds the testbed first if it is not cached; resumable.
 run: install
-	$(VENV)/bin/sst-merge demo
+	$(VENV)/bin/sst-merge experiment --config configs/experiment_config_real.yaml --mode minimal \
+	  --model testbed --experiment all
 
 test: install
 	$(VENV)/bin/ruff check src tests experiments scripts
