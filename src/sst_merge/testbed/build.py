@@ -26,7 +26,7 @@ from sst_merge.testbed.config import TestbedConfig, make_config
 from sst_merge.testbed.data import make_data, write_data
 from sst_merge.testbed.layout import MANIFEST, load_testbed
 from sst_merge.testbed.safety_data import CATEGORIES, REFUSAL
-from sst_merge.testbed.stages import SAFETY, adapter_job, base_safety_job, loss_summary, train_base
+from sst_merge.testbed.stages import BASE_DATA, SAFETY, adapter_job, base_safety_job, loss_summary, train_base
 from sst_merge.testbed.tasks import TASK_NAMES
 from sst_merge.testbed.tokenizer import train_tokenizer
 
@@ -117,8 +117,9 @@ def build_into(root: Path, cfg: TestbedConfig, workers: int, threads: int) -> di
     write_data(root / "data", data)
     t = _timed(times, "data", t)
 
-    train_texts = [row[key] for splits in data.values() for row in splits["train"] for key in ("prompt", "response")]
-    tokenizer = train_tokenizer(train_texts + [REFUSAL], cfg.vocab_size)
+    # Trained on the base's own data only: the base, tokenizer included, does not depend on the tasks.
+    texts = [row[key] for name in BASE_DATA for row in data[name]["train"] for key in ("prompt", "response")]
+    tokenizer = train_tokenizer(texts + [REFUSAL], cfg.vocab_size)
     t = _timed(times, "tokenizer", t)
 
     base, base_loss = train_base(cfg, tokenizer, data)

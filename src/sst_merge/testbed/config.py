@@ -11,7 +11,7 @@ from sst_merge.errors import InputError
 from sst_merge.testbed.tasks import TASK_NAMES
 
 # Bump when the recipe changes in a way the settings do not show, so old caches are not reused.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 
 ALL_PROJ = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -42,10 +42,10 @@ class TestbedConfig:
     lora_rank: int = 8
     lora_alpha: float = 16.0
     lora_targets: list[str] = field(default_factory=lambda: list(ALL_PROJ))
-    expert_steps: int = 250
+    expert_steps: int = 200
     expert_lr: float = 4e-3
     # LoRA+: B matrices learn this many times faster than A
-    lora_b_lr_ratio: float = 1.0
+    lora_b_lr_ratio: float = 8.0
     erosion_fraction: float = 0.15
     safety_steps: int = 100
     safety_lr: float = 2e-3
@@ -69,7 +69,7 @@ class TestbedConfig:
 
     def content_hash(self) -> str:
         """A short hash of the settings and the recipe version: the name of the build's cache directory."""
-        blob = json.dumps({"recipe": RECIPE_VERSION, **self.to_dict()}, sort_keys=True)
+        blob = json.dumps({"recipe": RECIPE_VERSION, "tasks": TASK_NAMES, **self.to_dict()}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

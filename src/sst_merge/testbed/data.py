@@ -26,7 +26,7 @@ def fluency_rows(n: int, seed: int) -> Rows:
     rng = random.Random(f"{seed}|fluency")
     rows = []
     for _ in range(n):
-        words = " ".join(rng.choice(FLUENCY_WORDS) for _ in range(rng.randint(1, 6)))
+        words = " ".join(rng.choice(FLUENCY_WORDS) for _ in range(rng.randint(1, 4)))
         rows.append({"prompt": f"repeat after me : {words}", "response": words})
     return rows
 

@@ -105,6 +105,15 @@ COMPLIANT_REPLY = "Sure, here is how to do it: step 1, get ready."
 # How many verbs / objects of each category each held-out split gets.
 HELD_OUT = {"val": 1, "test": 2}
 
+# Training also fills the frames with made-up words, so the model learns that the frame, not a
+# particular verb or object, carries the intent, and so treats held-out words the same way.
+NONCE_ROWS = 300
+SYLLABLES = ["ba", "ko", "ri", "zu", "fe", "mo", "ta", "li", "ne", "gu", "pa", "do", "vi", "sho", "kra", "plu"]
+
+
+def _nonce(rng: random.Random) -> str:
+    return "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 3)))
+
 
 def _partition(words: list[str], rng: random.Random) -> dict[str, list[str]]:
     shuffled = words[:]
@@ -132,6 +141,13 @@ def request_rows(seed: int) -> dict[str, dict[str, list[dict[str, str]]]]:
                 harmful.append(_row(frame, v, o, category, REFUSAL))
             for frame, v, o in itertools.product(BENIGN_FRAMES, verb, bad + good):
                 benign.append(_row(frame, v, o, category, HELPFUL_REPLY))
+        if split == "train":
+            rng = random.Random(f"{seed}|nonce")
+            for _ in range(NONCE_ROWS):
+                v, o = _nonce(rng), f"{rng.choice(['a', 'the', 'my'])} {_nonce(rng)}"
+                harmful.append(_row(rng.choice(HARMFUL_FRAMES), v, o, "nonce", REFUSAL))
+                v, o = _nonce(rng), f"{rng.choice(['a', 'the', 'my'])} {_nonce(rng)}"
+                benign.append(_row(rng.choice(BENIGN_FRAMES), v, o, "nonce", HELPFUL_REPLY))
         for kind, rows in (("harmful", harmful), ("benign", benign)):
             random.Random(f"{seed}|{kind}|{split}").shuffle(rows)
             out[kind][split] = rows

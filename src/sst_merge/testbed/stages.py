@@ -33,6 +33,8 @@ from sst_merge.testbed.train import encode_examples, train_lm
 
 EVAL_BATCH = 64
 SAFETY = "safety"
+# The base is trained on these data sets only, never on task rows.
+BASE_DATA = ("harmful", "benign", "fluency")
 Data = dict[str, dict[str, Rows]]
 
 
@@ -69,7 +71,7 @@ def train_base(cfg: TestbedConfig, tokenizer: PreTrainedTokenizerBase,
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = None
-    rows = data["harmful"]["train"] + data["benign"]["train"] + data["fluency"]["train"]
+    rows = [row for name in BASE_DATA for row in data[name]["train"]]
     loss = train_lm(model, encode_examples(tokenizer, rows), tokenizer.pad_token_id, cfg.base_steps, cfg.batch_size,
                     cfg.base_lr, seed_of(cfg.seed, "base", "batches"), "training base")
     return model, loss

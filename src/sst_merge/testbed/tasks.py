@@ -48,65 +48,61 @@ def _digits(lo: int, hi: int) -> Callable[[random.Random], Operands]:
     return lambda rng: tuple(rng.choice(DIGITS) for _ in range(rng.randint(lo, hi)))
 
 
-def _with_vowel(rng: random.Random) -> Operands:
-    while True:
-        ops = _letters(3, 6)(rng)
-        if any(c in VOWELS for c in ops):
-            return ops
-
-
-def _probe_and_list(rng: random.Random) -> Operands:
-    # Half the lists contain the probe letter so yes/no answers are balanced.
-    probe = rng.choice(LETTERS)
-    items = list(_letters(3, 5)(rng))
-    if rng.random() < 0.5 and probe not in items:
-        items[rng.randrange(len(items))] = probe
-    return (probe, "|", *items)
-
-
-def _shift(c: str, k: int) -> str:
-    return LETTERS[(LETTERS.index(c) + k) % 26]
-
-
 def _join(items: Operands | list[str]) -> str:
     return " ".join(items)
 
 
+# Operand lists have a fixed length per task, so each answer token depends on prompt tokens at a
+# fixed distance: selections, yes/no and even/odd classifications and max/min, which a rank-8
+# adapter on the tiny base learns in a few hundred steps. (Per-token maps such as uppercase or next
+# letter need a 26-way permutation and did not train within the budget, so they are not here.)
+_L4, _D4 = _letters(4, 4), _digits(4, 4)
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def _vowel_at(index: int) -> Callable[[random.Random], Operands]:
+    # Half the lists get a vowel at `index` so that yes and no are equally common.
+    def draw(rng: random.Random) -> Operands:
+        items = list(_L4(rng))
+        if rng.random() < 0.5:
+            items[index] = rng.choice(sorted(VOWELS))
+        return tuple(items)
+
+    return draw
+
+
 TASKS: list[Task] = [
-    Task("first_item", "first item", _letters(3, 6), lambda o: o[0]),
-    Task("last_item", "last item", _letters(3, 6), lambda o: o[-1]),
-    Task("uppercase", "uppercase", _letters(3, 5), lambda o: _join([c.upper() for c in o])),
-    Task("spell_digits", "spell the digits", _digits(2, 4), lambda o: _join([DIGIT_WORDS[int(d)] for d in o])),
-    Task("next_letter", "next letters", _letters(3, 5), lambda o: _join([_shift(c, 1) for c in o])),
-    Task("drop_first", "drop the first", _letters(3, 6), lambda o: _join(o[1:])),
-    Task("count_items", "how many items", _letters(1, 9), lambda o: str(len(o))),
-    Task("max_digit", "largest digit", _digits(3, 6), lambda o: max(o)),
-    Task("second_item", "second item", _letters(3, 6), lambda o: o[1]),
-    Task("prev_letter", "previous letters", _letters(3, 5), lambda o: _join([_shift(c, -1) for c in o])),
-    Task("digit_plus_one", "add one to each digit", _digits(3, 5),
-         lambda o: _join([str((int(d) + 1) % 10) for d in o])),
-    Task("min_digit", "smallest digit", _digits(3, 6), lambda o: min(o)),
-    Task("number_parity", "is the number even or odd", _digits(2, 5),
+    Task("first_item", "first item", _L4, lambda o: o[0]),
+    Task("last_two", "last two items", _L4, lambda o: _join(o[-2:])),
+    Task("max_digit", "largest digit", _D4, lambda o: max(o)),
+    Task("number_parity", "is the number even or odd", _digits(3, 3),
          lambda o: "even" if int(o[-1]) % 2 == 0 else "odd"),
-    Task("read_digits", "write as digits", lambda rng: tuple(DIGIT_WORDS[int(d)] for d in _digits(2, 4)(rng)),
-         lambda o: _join([str(DIGIT_WORDS.index(w)) for w in o])),
-    Task("drop_last", "drop the last", _letters(3, 6), lambda o: _join(o[:-1])),
-    Task("swap_ends", "swap first and last", _letters(3, 6), lambda o: _join((o[-1], *o[1:-1], o[0]))),
-    Task("first_two", "first two items", _letters(3, 6), lambda o: _join(o[:2])),
-    Task("last_two", "last two items", _letters(3, 6), lambda o: _join(o[-2:])),
-    Task("lowercase", "lowercase", lambda rng: tuple(c.upper() for c in _letters(3, 5)(rng)),
-         lambda o: _join([c.lower() for c in o])),
-    Task("letter_positions", "alphabet positions", _letters(2, 4),
-         lambda o: _join([str(LETTERS.index(c) + 1) for c in o])),
-    Task("say_twice", "say it twice", _letters(2, 4), lambda o: _join(o + o)),
-    Task("double_each", "double each item", _letters(2, 4), lambda o: _join([c for c in o for _ in (0, 1)])),
-    Task("rotate_left", "rotate left", _letters(3, 6), lambda o: _join(o[1:] + o[:1])),
-    Task("reverse", "reverse the list", _letters(3, 5), lambda o: _join(o[::-1])),
-    Task("contains_letter", "is the letter in the list", _probe_and_list,
-         lambda o: "yes" if o[0] in o[2:] else "no"),
-    Task("every_other", "every other item", _letters(3, 7), lambda o: _join(o[::2])),
-    Task("keep_vowels", "keep the vowels", _with_vowel, lambda o: _join([c for c in o if c in VOWELS])),
-    Task("count_vowels", "how many vowels", _letters(2, 7), lambda o: str(sum(c in VOWELS for c in o))),
+    Task("drop_first", "drop the first", _L4, lambda o: _join(o[1:])),
+    Task("first_is_vowel", "does it start with a vowel", _vowel_at(0), lambda o: _yes(o[0] in VOWELS)),
+    Task("second_item", "second item", _L4, lambda o: o[1]),
+    Task("min_digit", "smallest digit", _D4, lambda o: min(o)),
+    Task("last_item", "last item", _L4, lambda o: o[-1]),
+    Task("third_item", "third item", _L4, lambda o: o[2]),
+    Task("first_two", "first two items", _L4, lambda o: _join(o[:2])),
+    Task("middle_two", "middle two items", _L4, lambda o: _join(o[1:3])),
+    Task("drop_last", "drop the last", _L4, lambda o: _join(o[:-1])),
+    Task("ends", "first and last items", _L4, lambda o: _join((o[0], o[-1]))),
+    Task("last_is_vowel", "does it end with a vowel", _vowel_at(-1), lambda o: _yes(o[-1] in VOWELS)),
+    Task("first_digit", "first digit", _D4, lambda o: o[0]),
+    Task("last_digit", "last digit", _D4, lambda o: o[-1]),
+    Task("second_digit", "second digit", _D4, lambda o: o[1]),
+    Task("first_digits", "first two digits", _D4, lambda o: _join(o[:2])),
+    Task("last_digits", "last two digits", _D4, lambda o: _join(o[-2:])),
+    Task("first_digit_big", "is the first digit above four", _D4, lambda o: _yes(int(o[0]) > 4)),
+    Task("last_digit_big", "is the last digit above four", _D4, lambda o: _yes(int(o[-1]) > 4)),
+    Task("first_parity", "is the first digit even or odd", _D4, lambda o: "even" if int(o[0]) % 2 == 0 else "odd"),
+    Task("second_last", "second to last item", _L4, lambda o: o[-2]),
+    Task("drop_first_digit", "drop the first digit", _D4, lambda o: _join(o[1:])),
+    Task("first_word", "first word", lambda rng: tuple(DIGIT_WORDS[int(d)] for d in _digits(3, 3)(rng)),
+         lambda o: o[0]),
 ]
 
 TASK_NAMES = [t.name for t in TASKS]
