@@ -11,7 +11,7 @@ from sst_merge.errors import InputError
 from sst_merge.testbed.tasks import TASK_NAMES
 
 # Bump when the recipe changes in a way the settings do not show, so old caches are not reused.
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 
 ALL_PROJ = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -36,7 +36,7 @@ class TestbedConfig:
     # "repeat after me" rows that teach the base the chat format
     fluency_rows: int = 1000
     batch_size: int = 32
-    base_steps: int = 900
+    base_steps: int = 1500
     base_lr: float = 3e-3
     # experts and safety adapter (LoRA)
     lora_rank: int = 8

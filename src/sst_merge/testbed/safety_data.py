@@ -107,7 +107,7 @@ HELD_OUT = {"val": 1, "test": 2}
 
 # Training also fills the frames with made-up words, so the model learns that the frame, not a
 # particular verb or object, carries the intent, and so treats held-out words the same way.
-NONCE_ROWS = 300
+NONCE_ROWS = 600
 SYLLABLES = ["ba", "ko", "ri", "zu", "fe", "mo", "ta", "li", "ne", "gu", "pa", "do", "vi", "sho", "kra", "plu"]
 
 

@@ -52,15 +52,23 @@ def _join(items: Operands | list[str]) -> str:
     return " ".join(items)
 
 
-# Operand lists have a fixed length per task, so each answer token depends on prompt tokens at a
-# fixed distance: selections, yes/no and even/odd classifications and max/min, which a rank-8
-# adapter on the tiny base learns in a few hundred steps. (Per-token maps such as uppercase or next
-# letter need a 26-way permutation and did not train within the budget, so they are not here.)
-_L4, _D4 = _letters(4, 4), _digits(4, 4)
+# Operand lists have a fixed length per task and every answer is one token that depends on prompt
+# tokens at a fixed distance: selections, yes/no and even/odd classifications and max/min, which a
+# rank-8 adapter on the tiny base learns in a few hundred steps. (Per-token maps such as uppercase
+# or next letter, and multi-token answers, did not train within the budget, so they are not here.)
+_L4, _L5, _D3, _D4, _D5 = _letters(4, 4), _letters(5, 5), _digits(3, 3), _digits(4, 4), _digits(5, 5)
+
+
+def _words(rng: random.Random) -> Operands:
+    return tuple(DIGIT_WORDS[int(d)] for d in _D3(rng))
 
 
 def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
+
+
+def _parity(digit: str) -> str:
+    return "even" if int(digit) % 2 == 0 else "odd"
 
 
 def _vowel_at(index: int) -> Callable[[random.Random], Operands]:
@@ -76,33 +84,31 @@ def _vowel_at(index: int) -> Callable[[random.Random], Operands]:
 
 TASKS: list[Task] = [
     Task("first_item", "first item", _L4, lambda o: o[0]),
-    Task("last_two", "last two items", _L4, lambda o: _join(o[-2:])),
     Task("max_digit", "largest digit", _D4, lambda o: max(o)),
-    Task("number_parity", "is the number even or odd", _digits(3, 3),
-         lambda o: "even" if int(o[-1]) % 2 == 0 else "odd"),
-    Task("drop_first", "drop the first", _L4, lambda o: _join(o[1:])),
+    Task("number_parity", "is the number even or odd", _D3, lambda o: _parity(o[-1])),
     Task("first_is_vowel", "does it start with a vowel", _vowel_at(0), lambda o: _yes(o[0] in VOWELS)),
     Task("second_item", "second item", _L4, lambda o: o[1]),
     Task("min_digit", "smallest digit", _D4, lambda o: min(o)),
+    Task("last_digit_big", "is the last digit above four", _D4, lambda o: _yes(int(o[-1]) > 4)),
+    Task("first_word", "first word", _words, lambda o: o[0]),
     Task("last_item", "last item", _L4, lambda o: o[-1]),
     Task("third_item", "third item", _L4, lambda o: o[2]),
-    Task("first_two", "first two items", _L4, lambda o: _join(o[:2])),
-    Task("middle_two", "middle two items", _L4, lambda o: _join(o[1:3])),
-    Task("drop_last", "drop the last", _L4, lambda o: _join(o[:-1])),
-    Task("ends", "first and last items", _L4, lambda o: _join((o[0], o[-1]))),
     Task("last_is_vowel", "does it end with a vowel", _vowel_at(-1), lambda o: _yes(o[-1] in VOWELS)),
+    Task("first_parity", "is the first digit even or odd", _D4, lambda o: _parity(o[0])),
     Task("first_digit", "first digit", _D4, lambda o: o[0]),
-    Task("last_digit", "last digit", _D4, lambda o: o[-1]),
     Task("second_digit", "second digit", _D4, lambda o: o[1]),
-    Task("first_digits", "first two digits", _D4, lambda o: _join(o[:2])),
-    Task("last_digits", "last two digits", _D4, lambda o: _join(o[-2:])),
+    Task("third_digit", "third digit", _D4, lambda o: o[2]),
+    Task("last_digit", "last digit", _D4, lambda o: o[-1]),
     Task("first_digit_big", "is the first digit above four", _D4, lambda o: _yes(int(o[0]) > 4)),
-    Task("last_digit_big", "is the last digit above four", _D4, lambda o: _yes(int(o[-1]) > 4)),
-    Task("first_parity", "is the first digit even or odd", _D4, lambda o: "even" if int(o[0]) % 2 == 0 else "odd"),
-    Task("second_last", "second to last item", _L4, lambda o: o[-2]),
-    Task("drop_first_digit", "drop the first digit", _D4, lambda o: _join(o[1:])),
-    Task("first_word", "first word", lambda rng: tuple(DIGIT_WORDS[int(d)] for d in _digits(3, 3)(rng)),
-         lambda o: o[0]),
+    Task("second_parity", "is the second digit even or odd", _D4, lambda o: _parity(o[1])),
+    Task("second_is_vowel", "is the second letter a vowel", _vowel_at(1), lambda o: _yes(o[1] in VOWELS)),
+    Task("middle_item", "middle item", _L5, lambda o: o[2]),
+    Task("fourth_item", "fourth item", _L5, lambda o: o[3]),
+    Task("middle_digit", "middle digit", _D5, lambda o: o[2]),
+    Task("last_word", "last word", _words, lambda o: o[-1]),
+    Task("middle_word", "middle word", _words, lambda o: o[1]),
+    Task("second_digit_big", "is the second digit above four", _D4, lambda o: _yes(int(o[1]) > 4)),
+    Task("max_of_five", "largest of five digits", _D5, lambda o: max(o)),
 ]
 
 TASK_NAMES = [t.name for t in TASKS]
