@@ -32,5 +32,15 @@ test: install
 	$(VENV)/bin/ruff check src tests experiments scripts
 	$(PY) -m pytest -q
 
+# Benchmarks (long; never part of `make test`): peers live in their own venv, torch pinned by constraints.txt.
+BENCH_VENV := .venv-bench
+$(BENCH_VENV)/.installed: benchmarks/requirements.txt constraints.txt
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q -c constraints.txt -r benchmarks/requirements.txt
+	touch $@
+
+bench: install $(BENCH_VENV)/.installed
+	$(PY) -m benchmarks.run --layers 1,2
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

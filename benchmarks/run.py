@@ -30,6 +30,7 @@ DENSITY = 0.5
 # largest all seven projections accept, so TIES-like results are compared truncated to rank 1024.
 PEFT_RANK = 1024
 GiB = 1 << 30
+PROVENANCE = "sst_merge_provenance.json"
 
 
 def raw_path(work: Path, key: str) -> Path:
@@ -74,12 +75,13 @@ def stage_ours(args: argparse.Namespace) -> None:
     for layers in args.layers:
         base, adapters = inputs(args.work, layers, args.k)
         for method in args.methods:
-            for fmt in ("full", "peft"):
+            for fmt in args.formats:
                 key = f"merge__{method}__sst-merge__{fmt}__{layers}L"
                 if raw_path(args.work, key).is_file() and not args.redo:
                     continue
                 out = args.work / "out" / f"sst-merge_{method}_{fmt}_{layers}L"
-                series = repeat(ours_cmd(base, adapters, method, fmt, out), args.runs, 1, args.rss_limit)
+                runs, warmup = (args.runs, 1) if method == "ta" else (args.dense_runs, args.dense_warmup)
+                series = repeat(ours_cmd(base, adapters, method, fmt, out), runs, warmup, args.rss_limit)
                 save_row(
                     args.work,
                     key,
@@ -100,15 +102,16 @@ def stage_peft(args: argparse.Namespace) -> None:
         cmd = [str(ROOT / ".venv/bin/python"), str(ROOT / "benchmarks/bench_peft.py"), "--base", str(base)]
         cmd += [arg for a in adapters for arg in ("--adapter", str(a))]
         cmd += ["--method", method, "--rank", str(PEFT_RANK), "--density", str(DENSITY), "--output", str(out)]
-        series = repeat(cmd, args.peer_runs, 0, args.rss_limit)
+        fields = dict(bench="merge", method=method, tool="peft", format="peft", layers=1,
+                      rank=None if method == "ta" else PEFT_RANK, rel_err_vs_ours=None)
+        try:
+            series = repeat(cmd, args.peer_runs, 0, args.rss_limit)
+        except RunFailed as exc:
+            save_row(args.work, key, failed_row(exc, args.rss_limit, **fields))
+            continue
         inner = json.loads(series.runs[-1].stdout.strip().splitlines()[-1])
-        save_row(
-            args.work,
-            key,
-            row_of(series, bench="merge", method=method, tool="peft", format="peft", layers=1,
-                   rank=None if method == "ta" else PEFT_RANK, combination=inner["combination"],
-                   add_weighted_adapter_s=inner["merge_s"], rel_err_vs_ours=None),
-        )
+        fields.update(combination=inner["combination"], add_weighted_adapter_s=inner["merge_s"])
+        save_row(args.work, key, row_of(series, **fields))
 
 
 def failed_row(exc: RunFailed, rss_limit: int, **fields: object) -> dict:
@@ -151,6 +154,12 @@ def stage_compare(args: argparse.Namespace) -> None:
     """Fill rel_err_vs_ours of the peers' rows from the outputs kept on disk."""
     base, adapters = inputs(args.work, 1, args.k)
     modules = sorted(fixtures.adapted_modules(adapters[0]))
+    for path in sorted((args.work / "raw").glob("merge__*__sst-merge__*.json")):
+        row = json.loads(path.read_text())
+        provenance = args.work / "out" / f"sst-merge_{row['method']}_{row['format']}_{row['layers']}L" / PROVENANCE
+        if provenance.is_file() and not row.get("variant"):  # in-process phases of the last run (the rest of the wall time is start-up)
+            row["in_process_s_last_run"] = json.loads(provenance.read_text())["seconds"]
+            path.write_text(json.dumps(row, indent=1) + "\n", encoding="utf-8")
     for path in sorted((args.work / "raw").glob("merge__*__1L*.json")):
         row = json.loads(path.read_text())
         if row["tool"] not in ("peft", "mergekit") or row.get("failed") or row.get("variant"):
@@ -205,6 +214,27 @@ def stage_floor(args: argparse.Namespace) -> None:
                 )
 
 
+def stage_sst(args: argparse.Namespace) -> None:
+    """SST-Merge cost breakdown (benchmarks/bench_sst.py, one process per model) into raw sst__ rows."""
+    plans = [
+        ("testbed", "k", ["--k", "8", "16", "24", "--examples", "32"]),
+        ("testbed", "tokens", ["--k", "8", "--examples", "64"]),
+        ("7b-layer", "k", ["--k", "8", "--examples", "4", "--seq-len", "64", "--batch", "4"]),
+    ]
+    for model, sweep, extra in plans:
+        done = args.work / "raw" / f"sst__{model}__{sweep}.done"
+        if done.is_file() and not args.redo:
+            continue
+        cmd = [str(ROOT / ".venv/bin/python"), "-m", "benchmarks.bench_sst", "--model", model, *extra]
+        measured = repeat(cmd, 1, 0, args.rss_limit).runs[0]
+        for line in measured.stdout.splitlines():
+            if line.startswith("{"):
+                row = json.loads(line)
+                row.update(process_peak_rss_bytes=measured.peak_rss_bytes, load_avg_1m=measured.load_before[0])
+                save_row(args.work, f"sst__{model}__k{row['k']}__n{row['examples']}", row)
+        done.touch()
+
+
 def machine_info() -> dict:
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -222,9 +252,10 @@ def machine_info() -> dict:
 
 
 def stage_assemble(args: argparse.Namespace) -> None:
-    rows = [json.loads(p.read_text()) for p in sorted((args.work / "raw").glob("*.json"))]
-    old = json.loads(args.results.read_text()) if args.results.is_file() else {}
-    result = {"machine": machine_info(), "rows": rows, "sst_breakdown": old.get("sst_breakdown", [])}
+    raw = args.work / "raw"
+    rows = [json.loads(p.read_text()) for p in sorted(raw.glob("*.json")) if not p.name.startswith("sst__")]
+    sst = [json.loads(p.read_text()) for p in sorted(raw.glob("sst__*.json"))]
+    result = {"machine": machine_info(), "rows": rows, "sst_breakdown": sst}
     args.results.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     print(f"[bench] wrote {args.results} ({len(rows)} rows)")
 
@@ -242,6 +273,7 @@ STAGES = {
     "mergekit": stage_mergekit,
     "compare": stage_compare,
     "floor": stage_floor,
+    "sst": stage_sst,
     "assemble": stage_assemble,
     "render": stage_render,
 }
@@ -253,15 +285,19 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks/results.json")
     parser.add_argument("--stages", default=",".join(STAGES))
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--formats", default="full,peft", help="output formats of our own runs")
     parser.add_argument("--layers", default="1", help="comma list of decoder-layer counts for our own runs")
     parser.add_argument("--k", type=int, default=8, help="number of adapters")
-    parser.add_argument("--runs", type=int, default=5, help="recorded runs of our tool (after one warm-up)")
+    parser.add_argument("--runs", type=int, default=5, help="recorded runs of our TA merges (after one warm-up)")
+    parser.add_argument("--dense-runs", type=int, default=5, help="recorded runs of our TIES/DARE/prune merges")
+    parser.add_argument("--dense-warmup", type=int, default=1, help="warm-up runs of our TIES/DARE/prune merges")
     parser.add_argument("--peer-runs", type=int, default=1, help="recorded runs of PEFT and mergekit (no warm-up)")
     parser.add_argument("--rss-limit-gb", type=float, default=10.0, help="kill a run whose RSS passes this")
     parser.add_argument("--redo", action="store_true", help="measure again even where a raw row exists")
     args = parser.parse_args()
     args.work = args.work.resolve()
     args.methods = args.methods.split(",")
+    args.formats = args.formats.split(",")
     args.layers = [int(x) for x in args.layers.split(",")]
     args.rss_limit = int(args.rss_limit_gb * GiB)
     for stage in args.stages.split(","):
