@@ -157,7 +157,8 @@ def stage_compare(args: argparse.Namespace) -> None:
     for path in sorted((args.work / "raw").glob("merge__*__sst-merge__*.json")):
         row = json.loads(path.read_text())
         provenance = args.work / "out" / f"sst-merge_{row['method']}_{row['format']}_{row['layers']}L" / PROVENANCE
-        if provenance.is_file() and not row.get("variant"):  # in-process phases of the last run (the rest of the wall time is start-up)
+        # In-process phases of the last run (the rest of the wall time is start-up and loading).
+        if provenance.is_file() and not row.get("variant"):
             row["in_process_s_last_run"] = json.loads(provenance.read_text())["seconds"]
             path.write_text(json.dumps(row, indent=1) + "\n", encoding="utf-8")
     for path in sorted((args.work / "raw").glob("merge__*__1L*.json")):
