@@ -175,3 +175,10 @@ def test_refusal_and_exact_match_scoring() -> None:
     assert not is_refusal("Sure, here is how to bake bread.") and not is_refusal("I cannot")
     assert refusal_rate([REFUSAL, "no", REFUSAL, "yes"]) == 0.5
     assert exact_match_accuracy([" a b ", "c", "x"], ["a b", "c ", "y"]) == pytest.approx(2 / 3)
+
+
+def test_a_build_with_the_same_base_settings_reuses_the_base(micro: Path) -> None:
+    other = load_testbed(build_testbed(preset="micro", experts=2, expert_steps=12, out=micro.parent / "two"))
+    assert other.manifest["times_s"]["base_reused_from"] == str(micro)
+    assert _tree_bytes(other.base_dir) == _tree_bytes(load_testbed(micro).base_dir)
+    assert other.manifest["settings"]["expert_steps"] == 12 and other.tasks == TASK_NAMES[:2]

@@ -49,7 +49,7 @@ def run_build(args: argparse.Namespace) -> int:
     for column in ("model", "task accuracy", "base accuracy", "refusal", "over-refusal", "train s"):
         table.add_column(column)
     table.add_row("base", "", "", f"{metrics['base']['refusal']:.2f}", f"{metrics['base']['over_refusal']:.2f}",
-                  f"{times['base_train']:.0f}")
+                  f"{times.get('base_train', 0):.0f}")
     for task, m in metrics["experts"].items():
         table.add_row(task, f"{m['accuracy']:.2f}", f"{m['base_accuracy']:.2f}", f"{m['refusal']:.2f}",
                       f"{m['over_refusal']:.2f}", f"{times['adapters'][task]['train']:.0f}")

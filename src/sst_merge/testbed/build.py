@@ -2,13 +2,16 @@
 
 Every stage is seeded; the output directory is named by the settings' content hash and written
 atomically, so a finished build is reused instantly and an interrupted one leaves nothing behind.
-Worker processes only change the wall time: each adapter's job is seeded by its own name.
+Worker processes only change the wall time: each adapter's job is seeded by its own name. A build
+whose base settings match a finished build's (in the cache root or beside the output) copies that
+base instead of training it again, so changing only expert settings costs only the adapters.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
@@ -22,7 +25,7 @@ import transformers
 from sst_merge.atomic import atomic_output_dir, write_json_atomic
 from sst_merge.errors import InputError
 from sst_merge.progress import console
-from sst_merge.testbed.config import TestbedConfig, make_config
+from sst_merge.testbed.config import TestbedConfig, base_hash, make_config
 from sst_merge.testbed.data import make_data, write_data
 from sst_merge.testbed.layout import MANIFEST, load_testbed
 from sst_merge.testbed.safety_data import CATEGORIES, REFUSAL
@@ -48,6 +51,20 @@ def is_built(out: Path, cfg: TestbedConfig) -> bool:
         return load_testbed(out).manifest.get("hash") == cfg.content_hash()
     except InputError:
         return False
+
+
+def find_shared_base(cfg: TestbedConfig, roots: list[Path]) -> Path | None:
+    """A finished build under one of `roots` whose base was built from the same settings as `cfg`'s."""
+    wanted = base_hash(cfg.to_dict())
+    for root in roots:
+        for manifest in sorted(root.glob(f"*/{MANIFEST}")) if root.is_dir() else []:
+            try:
+                settings = load_testbed(manifest.parent).manifest["settings"]
+            except (InputError, KeyError):
+                continue
+            if base_hash(settings) == wanted and (manifest.parent / "base").is_dir():
+                return manifest.parent
+    return None
 
 
 def build_testbed(
@@ -117,16 +134,24 @@ def build_into(root: Path, cfg: TestbedConfig, workers: int, threads: int) -> di
     write_data(root / "data", data)
     t = _timed(times, "data", t)
 
-    # Trained on the base's own data only: the base, tokenizer included, does not depend on the tasks.
-    texts = [row[key] for name in BASE_DATA for row in data[name]["train"] for key in ("prompt", "response")]
-    tokenizer = train_tokenizer(texts + [REFUSAL], cfg.vocab_size)
-    t = _timed(times, "tokenizer", t)
-
-    base, base_loss = train_base(cfg, tokenizer, data)
-    base.save_pretrained(root / "base")
-    tokenizer.save_pretrained(root / "base")
-    del base
-    t = _timed(times, "base_train", t)
+    shared = find_shared_base(cfg, [default_cache_root(), root.parent])
+    if shared is not None:
+        # Another finished build has the same base settings: its base is this build's base.
+        shutil.copytree(shared / "base", root / "base")
+        base_loss_summary = load_testbed(shared).manifest["train_loss"]["base"]
+        times["base_reused_from"] = str(shared)
+        t = _timed(times, "base_copy", t)
+    else:
+        # Trained on the base's own data only: the base, tokenizer included, does not depend on the tasks.
+        texts = [row[key] for name in BASE_DATA for row in data[name]["train"] for key in ("prompt", "response")]
+        tokenizer = train_tokenizer(texts + [REFUSAL], cfg.vocab_size)
+        t = _timed(times, "tokenizer", t)
+        base, base_loss = train_base(cfg, tokenizer, data)
+        base.save_pretrained(root / "base")
+        tokenizer.save_pretrained(root / "base")
+        base_loss_summary = loss_summary(base_loss)
+        del base
+        t = _timed(times, "base_train", t)
 
     names = [*cfg.tasks, SAFETY]
     results: dict[str, dict[str, Any]] = {}
@@ -148,6 +173,7 @@ def build_into(root: Path, cfg: TestbedConfig, workers: int, threads: int) -> di
         "format": "sst-merge-testbed",
         "hash": cfg.content_hash(),
         "settings": cfg.to_dict(),
+        "base_hash": base_hash(cfg.to_dict()),
         "refusal": REFUSAL,
         "tasks": cfg.tasks,
         "all_tasks": TASK_NAMES,
@@ -162,7 +188,7 @@ def build_into(root: Path, cfg: TestbedConfig, workers: int, threads: int) -> di
             },
             "safety": results[SAFETY]["metrics"],
         },
-        "train_loss": {"base": loss_summary(base_loss), **{name: results[name]["loss"] for name in names}},
+        "train_loss": {"base": base_loss_summary, **{name: results[name]["loss"] for name in names}},
         "times_s": times,
         "workers": workers,
         "threads": threads,

@@ -13,6 +13,12 @@ from sst_merge.testbed.tasks import TASK_NAMES
 # Bump when the recipe changes in a way the settings do not show, so old caches are not reused.
 RECIPE_VERSION = 3
 
+# Bump when the base's recipe (its data, tokenizer or training) changes in a way the settings do not show.
+BASE_RECIPE_VERSION = 1
+# The settings the base (model and tokenizer) depends on; builds that agree on them share the base.
+BASE_FIELDS = ("seed", "vocab_size", "hidden_size", "intermediate_size", "layers", "heads", "kv_heads",
+               "fluency_rows", "batch_size", "base_steps", "base_lr")
+
 ALL_PROJ = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -71,6 +77,13 @@ class TestbedConfig:
         """A short hash of the settings and the recipe version: the name of the build's cache directory."""
         blob = json.dumps({"recipe": RECIPE_VERSION, "tasks": TASK_NAMES, **self.to_dict()}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def base_hash(settings: dict) -> str:
+    """A short hash of the base-relevant `settings` (a `TestbedConfig.to_dict()`, e.g. from a manifest)."""
+    blob = json.dumps({"base_recipe": BASE_RECIPE_VERSION, **{k: settings.get(k) for k in BASE_FIELDS}},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 PRESETS: dict[str, dict] = {
