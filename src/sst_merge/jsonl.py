@@ -1,0 +1,38 @@
+"""Reading JSON-lines files: one object per non-empty line, every problem an InputError naming the line."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sst_merge.errors import InputError
+
+
+def read_jsonl(path: str | Path, required: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """The JSON objects of the JSON-lines file `path`; each must have a string value for every key in
+    `required`. A missing or unreadable file, a line that is not a JSON object, or a missing key is an
+    InputError naming the file and the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("file not found", path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read ({exc})", path) from exc
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"line {number} is not JSON ({exc.msg})", path) from exc
+        if not isinstance(row, dict):
+            raise InputError(f"line {number} is not a JSON object", path)
+        missing = [key for key in required if not isinstance(row.get(key), str)]
+        if missing:
+            raise InputError(f"line {number} needs string field(s) {', '.join(map(repr, missing))}", path)
+        rows.append(row)
+    return rows
