@@ -175,6 +175,10 @@ def stage_compare(args: argparse.Namespace) -> None:
             row["rel_err_vs_ours"] = rel_err_full(base, ours, other, modules)
         if row["method"] == "dare_ties":
             row["rel_err_note"] = "independent random drop masks: not expected to agree"
+        elif row["tool"] == "peft":
+            row["rel_err_note"] = "PEFT stores the merged factors in the base's dtype (bf16): bf16 rounding"
+        else:
+            row["rel_err_note"] = f"inputs folded into bf16 weights, merged in {row['merge_dtype']}: bf16 rounding"
         path.write_text(json.dumps(row, indent=1) + "\n", encoding="utf-8")
         print(f"[bench] {path.stem}: rel_err_vs_ours={row['rel_err_vs_ours']:.3e}")
 
