@@ -53,8 +53,8 @@ class TestbedConfig:
     # LoRA+: B matrices learn this many times faster than A
     lora_b_lr_ratio: float = 8.0
     erosion_fraction: float = 0.15
-    safety_steps: int = 100
-    safety_lr: float = 2e-3
+    safety_steps: int = 300
+    safety_lr: float = 5e-3
     # at most this many items of each test split are generated from when measuring metrics
     eval_items: int = 100
 
