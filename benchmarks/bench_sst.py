@@ -63,7 +63,7 @@ def timed(fn):  # noqa: ANN001, ANN201 - tiny helper
 
 def breakdown(shape: str, k: int, n: int, length: int, batch: int) -> dict:
     """One configuration's timings (seconds) and bytes."""
-    config = tiny_llama_config(**SHAPES[shape], max_position_embeddings=max(64, length))
+    config = tiny_llama_config(**{"max_position_embeddings": max(64, length), **SHAPES[shape]})
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     experts = random_experts(model, k, 16, seed=1)
