@@ -48,8 +48,8 @@ class TestbedConfig:
     lora_rank: int = 8
     lora_alpha: float = 16.0
     lora_targets: list[str] = field(default_factory=lambda: list(ALL_PROJ))
-    expert_steps: int = 250
-    expert_lr: float = 5e-3
+    expert_steps: int = 200
+    expert_lr: float = 4e-3
     # LoRA+: B matrices learn this many times faster than A
     lora_b_lr_ratio: float = 8.0
     erosion_fraction: float = 0.15
