@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,12 +42,18 @@ MICRO = {
 
 
 @pytest.fixture(scope="module")
-def micro_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def micro_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     root = tmp_path_factory.mktemp("exp")
+    # This module's own testbed cache; restored afterwards so other modules' builds are not affected.
+    previous = os.environ.get("SST_MERGE_CACHE")
     os.environ["SST_MERGE_CACHE"] = str(root / "cache")
     path = root / "config.yaml"
     path.write_text(yaml.safe_dump(MICRO))
-    return path
+    yield path
+    if previous is None:
+        os.environ.pop("SST_MERGE_CACHE", None)
+    else:
+        os.environ["SST_MERGE_CACHE"] = previous
 
 
 def _run(config: Path, out: Path, *extra: str) -> int:
