@@ -28,6 +28,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from sst_merge.errors import InputError
+from sst_merge.jsonl import read_jsonl
 from sst_merge.progress import track
 
 IGNORE = -100
@@ -97,22 +98,7 @@ Example = tuple[list[int], list[int]]
 
 def read_chat_jsonl(path: str | Path) -> list[dict[str, str]]:
     """Rows of a chat JSONL file: one object per line with string `prompt` and `response`."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("data file not found", path)
-    rows = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"line {number}: invalid JSON ({exc})", path) from exc
-            fields = [row.get(key) for key in ("prompt", "response")] if isinstance(row, dict) else [None]
-            if not all(isinstance(value, str) for value in fields):
-                raise InputError(f"line {number}: expected an object with string 'prompt' and 'response'", path)
-            rows.append(row)
+    rows = read_jsonl(path, ("prompt", "response"))
     if not rows:
         raise InputError("no rows", path)
     return rows

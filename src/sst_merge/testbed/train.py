@@ -8,12 +8,9 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from sst_merge.fisher import IGNORE, Example, collate
 from sst_merge.generation import chat_prompts
 from sst_merge.progress import track
-
-IGNORE = -100
-
-Example = tuple[list[int], list[int]]
 
 
 def encode_examples(tokenizer: PreTrainedTokenizerBase, rows: Sequence[dict[str, str]]) -> list[Example]:
@@ -29,19 +26,6 @@ def encode_examples(tokenizer: PreTrainedTokenizerBase, rows: Sequence[dict[str,
         reply = r + [tokenizer.eos_token_id]
         examples.append((p + reply, [IGNORE] * len(p) + reply))
     return examples
-
-
-def collate(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a batch: input_ids, attention_mask and labels, each (batch, max_len)."""
-    width = max(len(ids) for ids, _ in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for i, (x, y) in enumerate(examples):
-        ids[i, : len(x)] = torch.tensor(x)
-        labels[i, : len(y)] = torch.tensor(y)
-        mask[i, : len(x)] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
 def train_lm(
