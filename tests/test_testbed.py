@@ -183,3 +183,15 @@ def test_a_build_with_the_same_base_settings_reuses_the_base(micro: Path) -> Non
     assert other.manifest["times_s"]["base_reused_from"] == str(micro)
     assert _tree_bytes(other.base_dir) == _tree_bytes(load_testbed(micro).base_dir)
     assert other.manifest["settings"]["expert_steps"] == 12 and other.tasks == TASK_NAMES[:2]
+
+
+def test_a_build_with_fewer_experts_beside_a_bigger_one_copies_its_adapters(micro: Path) -> None:
+    big = load_testbed(micro)
+    small = load_testbed(build_testbed(preset="micro", experts=2, out=micro.parent / "fewer"))
+    assert small.manifest["times_s"]["adapters_reused_from"] == str(micro)
+    assert small.tasks == big.tasks[:2]
+    for task in small.tasks:
+        assert _tree_bytes(small.expert_dirs[task]) == _tree_bytes(big.expert_dirs[task])
+        assert small.manifest["metrics"]["experts"][task] == big.manifest["metrics"]["experts"][task]
+    assert _tree_bytes(small.safety_dir) == _tree_bytes(big.safety_dir)
+    assert small.manifest["metrics"]["base"]["refusal"] == big.manifest["metrics"]["base"]["refusal"]

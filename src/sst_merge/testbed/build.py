@@ -25,7 +25,7 @@ import transformers
 from sst_merge.atomic import atomic_output_dir, write_json_atomic
 from sst_merge.errors import InputError
 from sst_merge.progress import console
-from sst_merge.testbed.config import TestbedConfig, base_hash, make_config
+from sst_merge.testbed.config import RECIPE_VERSION, TestbedConfig, base_hash, make_config
 from sst_merge.testbed.data import make_data, write_data
 from sst_merge.testbed.layout import MANIFEST, load_testbed
 from sst_merge.testbed.safety_data import CATEGORIES, REFUSAL
@@ -59,12 +59,49 @@ def find_shared_base(cfg: TestbedConfig, roots: list[Path]) -> Path | None:
     for root in roots:
         for manifest in sorted(root.glob(f"*/{MANIFEST}")) if root.is_dir() else []:
             try:
-                settings = load_testbed(manifest.parent).manifest["settings"]
+                # The hash the build recorded, not one recomputed from its settings: a base from an
+                # older recipe has the same settings but not the same hash.
+                found = load_testbed(manifest.parent).manifest["base_hash"]
             except (InputError, KeyError):
                 continue
-            if base_hash(settings) == wanted and (manifest.parent / "base").is_dir():
+            if found == wanted and (manifest.parent / "base").is_dir():
                 return manifest.parent
     return None
+
+
+def find_sibling_build(cfg: TestbedConfig, roots: list[Path]) -> Path | None:
+    """A finished build under one of `roots` whose settings equal `cfg`'s except for the number of experts.
+
+    Every adapter depends on the settings and its own name only, so such a build's adapters (and the
+    base's safety metrics) are exactly the ones this build would train; the one with most experts wins.
+    """
+    wanted = {**cfg.to_dict(), "experts": None}
+    best: tuple[int, Path] | None = None
+    for root in roots:
+        for manifest in sorted(root.glob(f"*/{MANIFEST}")) if root.is_dir() else []:
+            try:
+                found = load_testbed(manifest.parent).manifest
+                same = found["recipe_version"] == RECIPE_VERSION and {**found["settings"], "experts": None} == wanted
+            except (InputError, KeyError, TypeError):
+                continue
+            if same and (best is None or found["settings"]["experts"] > best[0]):
+                best = (found["settings"]["experts"], manifest.parent)
+    return best[1] if best else None
+
+
+def reused_results(sibling: Path, names: list[str], root: Path) -> dict[str, dict[str, Any]]:
+    """Copy the adapters among `names` that the finished build `sibling` has into `root`; return their
+    results (metrics, loss, times) as `adapter_job` gives them."""
+    manifest = load_testbed(sibling).manifest
+    metrics = {**manifest["metrics"]["experts"], SAFETY: manifest["metrics"]["safety"]}
+    results = {}
+    for name in names:
+        sub = Path(SAFETY) if name == SAFETY else Path("experts") / name
+        if name in metrics and (sibling / sub).is_dir():
+            shutil.copytree(sibling / sub, root / sub)
+            results[name] = {"metrics": metrics[name], "loss": manifest["train_loss"][name],
+                             "times_s": manifest["times_s"]["adapters"][name]}
+    return results
 
 
 def build_testbed(
@@ -155,14 +192,25 @@ def build_into(root: Path, cfg: TestbedConfig, workers: int, threads: int) -> di
 
     names = [*cfg.tasks, SAFETY]
     results: dict[str, dict[str, Any]] = {}
+    base_safety: dict[str, float] | None = None
+    sibling = find_sibling_build(cfg, [default_cache_root(), root.parent])
+    if sibling is not None:
+        # A build of the same settings with other experts: its adapters are this build's, byte for byte.
+        results = reused_results(sibling, names, root)
+        base_metrics = load_testbed(sibling).manifest["metrics"]["base"]
+        base_safety = {key: base_metrics[key] for key in ("refusal", "over_refusal")}
+        times["adapters_reused_from"] = str(sibling)
+        console.log(f"testbed: reused {len(results)} adapters from {sibling}")
     with _executor(workers) as pool:
-        base_future = pool.submit(base_safety_job, cfg, root, threads)
-        futures = {pool.submit(adapter_job, cfg, root, name, threads): name for name in names}
+        base_future = pool.submit(base_safety_job, cfg, root, threads) if base_safety is None else None
+        futures = {pool.submit(adapter_job, cfg, root, name, threads): name for name in names if name not in results}
         for future in as_completed(futures):
             name = futures[future]
             results[name] = future.result()
             console.log(f"testbed: {name}: {results[name]['metrics']} {results[name]['times_s']}")
-        base_safety = base_future.result()
+        if base_future is not None:
+            base_safety = base_future.result()
+    assert base_safety is not None
     t = _timed(times, "adapters_and_eval", t)
     times["total"] = round(t - start, 2)
     times["adapters"] = {name: results[name]["times_s"] for name in names}
@@ -171,6 +219,7 @@ def build_into(root: Path, cfg: TestbedConfig, workers: int, threads: int) -> di
     mean_expert_refusal = sum(m["refusal"] for m in experts.values()) / len(experts)
     return {
         "format": "sst-merge-testbed",
+        "recipe_version": RECIPE_VERSION,
         "hash": cfg.content_hash(),
         "settings": cfg.to_dict(),
         "base_hash": base_hash(cfg.to_dict()),
