@@ -183,7 +183,10 @@ def build_into(root: Path, cfg: TestbedConfig, workers: int, threads: int) -> di
         texts = [row[key] for name in BASE_DATA for row in data[name]["train"] for key in ("prompt", "response")]
         tokenizer = train_tokenizer(texts + [REFUSAL], cfg.vocab_size)
         t = _timed(times, "tokenizer", t)
+        # The base trains alone: all cores (adapter workers use `threads` each).
+        torch.set_num_threads(max(threads, os.cpu_count() or 1))
         base, base_loss = train_base(cfg, tokenizer, data)
+        torch.set_num_threads(threads)
         base.save_pretrained(root / "base")
         tokenizer.save_pretrained(root / "base")
         base_loss_summary = loss_summary(base_loss)

@@ -11,10 +11,10 @@ from sst_merge.errors import InputError
 from sst_merge.testbed.tasks import TASK_NAMES
 
 # Bump when the recipe changes in a way the settings do not show, so old caches are not reused.
-RECIPE_VERSION = 4
+RECIPE_VERSION = 5
 
 # Bump when the base's recipe (its data, tokenizer or training) changes in a way the settings do not show.
-BASE_RECIPE_VERSION = 1
+BASE_RECIPE_VERSION = 2
 # The settings the base (model and tokenizer) depends on; builds that agree on them share the base.
 BASE_FIELDS = ("seed", "vocab_size", "hidden_size", "intermediate_size", "layers", "heads", "kv_heads",
                "fluency_rows", "batch_size", "base_steps", "base_lr")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sst_merge.atomic import write_text_atomic
 from sst_merge.testbed.config import TestbedConfig
-from sst_merge.testbed.safety_data import request_rows
+from sst_merge.testbed.safety_data import CATEGORIES, request_rows
 from sst_merge.testbed.tasks import DIGIT_WORDS, TASKS, task_rows
 
 Rows = list[dict[str, str]]
@@ -20,13 +20,21 @@ FLUENCY_WORDS = (
     + DIGIT_WORDS + [str(n) for n in range(10, 27)] + ["yes", "no", "even", "odd", "|"]
 )
 
+# Every verb and object of the requests, held-out ones included: a real chat model has met every word
+# in pre-training, and only the pairing of request and reply is held out. Without these rows the
+# held-out words' embeddings stay untrained and the base answered a fifth of held-out requests with
+# fragments of its replies.
+REQUEST_WORDS = sorted({w for verbs, bad, good in CATEGORIES.values() for w in verbs + bad + good})
+
 
 def fluency_rows(n: int, seed: int) -> Rows:
-    """`n` "repeat after me" rows: they teach the chat format and copying, none of the tasks."""
+    """`n` "repeat after me" rows, half over task tokens and half over request words: they teach the
+    chat format and copying, none of the tasks and no request's reply."""
     rng = random.Random(f"{seed}|fluency")
     rows = []
-    for _ in range(n):
-        words = " ".join(rng.choice(FLUENCY_WORDS) for _ in range(rng.randint(1, 4)))
+    for i in range(n):
+        pool = FLUENCY_WORDS if i % 2 == 0 else REQUEST_WORDS
+        words = " ".join(rng.choice(pool) for _ in range(rng.randint(1, 4)))
         rows.append({"prompt": f"repeat after me : {words}", "response": words})
     return rows
 
