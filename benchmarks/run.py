@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import fixtures
+from benchmarks.bench_eval import stage_eval
 from benchmarks.bench_mergekit import MERGE_METHOD, fold_adapters, write_config
 from benchmarks.compare import rel_err_adapters, rel_err_full
 from benchmarks.measure import RunFailed, Series, repeat
@@ -279,6 +280,7 @@ STAGES = {
     "compare": stage_compare,
     "floor": stage_floor,
     "sst": stage_sst,
+    "eval": stage_eval,
     "assemble": stage_assemble,
     "render": stage_render,
 }
