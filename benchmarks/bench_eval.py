@@ -200,6 +200,43 @@ def _measure(args: argparse.Namespace, work: Path, model: Path, data_dir: Path, 
                                               "(model load + task + scoring)", **common))
 
 
+def _measure_scoring(args: argparse.Namespace, work: Path, model: Path, questions: Sequence[MCQuestion]) -> None:
+    """The scoring loop alone (benchmarks/bench_eval_scoring.py): the same 4 × len(questions) pairs, each
+    tool in its own process with one warm-up pass and `args.runs` timed passes."""
+    from benchmarks.run import save_row
+
+    keys = {tool: f"eval__mmlu-scoring__{tool}__{len(questions)}" for tool in ("sst-merge", "lm-eval")}
+    if all((args.work / "raw" / f"{k}.json").is_file() for k in keys.values()) and not args.redo:
+        return
+    pairs = [(build_context(q, []), " " + letter) for q in questions for letter in LETTERS]
+    (work / "pairs.json").write_text(json.dumps(pairs, ensure_ascii=False), encoding="utf-8")
+    script = str(ROOT / "benchmarks" / "bench_eval_scoring.py")
+    pythons = {"sst-merge": ROOT / ".venv/bin/python", "lm-eval": ROOT / ".venv-bench/bin/python"}
+    env = {**THREAD_ENV, **OFFLINE_ENV}
+    measured: dict[str, Measured] = {}
+    scored: dict[str, dict] = {}
+    for tool, python in pythons.items():
+        cmd = [str(python), script, "--tool", tool, "--model", str(model), "--pairs", str(work / "pairs.json"),
+               "--batch-size", str(BATCH_SIZE), "--repeats", str(args.runs)]
+        measured[tool] = _checked(cmd, args.rss_limit, env)
+        scored[tool] = json.loads(measured[tool].stdout.strip().splitlines()[-1])
+        print(f"[bench] eval scoring loop, {len(questions)} items, {tool}: {scored[tool]['seconds']}", flush=True)
+    answers = {tool: [max(range(4), key=lambda j, i=i: s["loglikelihoods"][4 * i + j]) for i in range(len(questions))]
+               for tool, s in scored.items()}
+    diff = max(abs(a - b) for a, b in zip(*(s["loglikelihoods"] for s in scored.values()), strict=True))
+    for tool, key in keys.items():
+        wall = statistics.median(scored[tool]["seconds"])
+        save_row(args.work, key, {
+            "bench": "eval", "method": f"mmlu-{SHOTS}shot-scoring-loop", "tool": tool, "items": len(questions),
+            "pairs": len(pairs), "batch_size": BATCH_SIZE, "torch_threads": 1, "dtype": "float32",
+            "wall_s_median": wall, "wall_s_runs": scored[tool]["seconds"], "items_per_s": len(questions) / wall,
+            "peak_rss_bytes": measured[tool].peak_rss_bytes, "load_avg_1m": [measured[tool].load_before[0]],
+            "n_runs": len(scored[tool]["seconds"]),
+            "answers_agree": sum(a == b for a, b in zip(*answers.values(), strict=True)),
+            "max_abs_loglik_diff": diff,
+            "what": "in-process: tokenization + batched forward passes of the model, after one warm-up pass"})
+
+
 def stage_eval(args: argparse.Namespace) -> None:
     """Both tools on the first PER_SUBJECT rows of the first n subjects, for each n in SUBJECT_COUNTS."""
     work = args.work / "eval"
@@ -212,3 +249,4 @@ def stage_eval(args: argparse.Namespace) -> None:
     data_dir = Path(os.environ.get("SST_MERGE_DATA", ROOT.parent / "shared/data")).resolve()
     for n in SUBJECT_COUNTS:
         _measure(args, work, model, data_dir, ALL_SUBJECTS[:n])
+        _measure_scoring(args, work, model, select_questions(data_dir, ALL_SUBJECTS[:n], PER_SUBJECT))
