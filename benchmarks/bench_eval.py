@@ -101,7 +101,7 @@ def lm_eval_cmd(model: Path, include: Path, out: Path) -> list[str]:
 def read_ours(output: Path) -> tuple[list[dict], float]:
     """Our per-item rows (generations JSONL next to the results) and the in-process seconds of the suite."""
     results = json.loads(output.read_text(encoding="utf-8"))
-    lines = output.with_name(results["generations"]).read_text(encoding="utf-8").splitlines()
+    lines = output.with_name(results["generations"]).read_text(encoding="utf-8").split("\n")
     return [json.loads(line) for line in lines if line.strip()], float(results["suites"]["mmlu"]["seconds"])
 
 
@@ -111,7 +111,7 @@ def read_lm_eval(out_dir: Path) -> tuple[list[dict], float]:
     results = sorted(out_dir.rglob("results_*.json"))
     if not samples or not results:
         raise FileNotFoundError(f"no lm-eval samples/results under {out_dir}")
-    rows = [json.loads(line) for line in samples[-1].read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = [json.loads(line) for line in samples[-1].read_text(encoding="utf-8").split("\n") if line.strip()]
     seconds = float(json.loads(results[-1].read_text(encoding="utf-8"))["total_evaluation_time_seconds"])
     return sorted(rows, key=lambda r: r["doc_id"]), seconds
 

@@ -77,6 +77,37 @@ def sst_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def eval_table(rows: list[dict]) -> list[str]:
+    """Evaluation rows (bench "eval"): per item count, whole processes and the scoring loop alone, ours vs lm-eval."""
+    lines = [
+        "| items | measured | tool | wall s (median) | runs | items/s | in-process s (median) | peak RSS GB |"
+        " answers agree | max abs Δ log-lik | ours faster by | load (1 min) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    evals = sorted((r for r in rows if r["bench"] == "eval"),
+                   key=lambda r: (r["items"], r["method"], r["tool"] != "sst-merge"))
+    for r in evals:
+        ours = next(o for o in evals
+                    if o["tool"] == "sst-merge" and o["items"] == r["items"] and o["method"] == r["method"])
+        measured = "scoring loop (in-process)" if r["method"].endswith("scoring-loop") else "whole process"
+        ratio = "—" if r["tool"] == "sst-merge" else f"{r['wall_s_median'] / ours['wall_s_median']:.2f}×"
+        load = r["load_avg_1m"]
+        lines.append(
+            f"| {r['items']} | {measured} | {r['tool']} | {_s(r['wall_s_median'])} | {r['n_runs']}"
+            f" | {r['items_per_s']:.1f} | {_s(r.get('in_process_s_median'))} | {_gb(r['peak_rss_bytes'])}"
+            f" | {r['answers_agree']} / {r['items']} | {r['max_abs_loglik_diff']:.1e} | {ratio}"
+            f" | {min(load):.1f}–{max(load):.1f} |"
+        )
+    whole = [r for r in evals if not r["method"].endswith("scoring-loop")]
+    for tool in ("sst-merge", "lm-eval"):
+        mine = sorted((r for r in whole if r["tool"] == tool), key=lambda r: r["items"])
+        if len(mine) >= 2 and mine[-1]["wall_s_median"] > mine[0]["wall_s_median"]:
+            extra = mine[-1]["items"] - mine[0]["items"]
+            lines.append(f"\n- {tool}, whole process, marginal rate between {mine[0]['items']} and {mine[-1]['items']}"
+                         f" items: {extra / (mine[-1]['wall_s_median'] - mine[0]['wall_s_median']):.1f} items/s")
+    return lines
+
+
 def render(results: dict) -> str:
     """The BENCHMARKS.md text: machine, table, then the hand-written notes (benchmarks/NOTES.md)."""
     m = results["machine"]
@@ -103,6 +134,13 @@ def render(results: dict) -> str:
             "## SST-Merge cost breakdown (synthetic chat data, random models; one process per model)",
             "",
             *sst_table(results["sst_breakdown"]),
+            "",
+        ]
+    if any(r["bench"] == "eval" for r in results["rows"]):
+        out += [
+            "## Evaluation throughput (MMLU 0-shot log-likelihood scoring on the testbed model)",
+            "",
+            *eval_table(results["rows"]),
             "",
         ]
     if NOTES.is_file():

@@ -46,6 +46,8 @@ def test_read_lm_eval_orders_samples_by_doc_id(tmp_path: Path) -> None:
     out = tmp_path / "model"
     out.mkdir()
     (out / "results_2026.json").write_text('{"total_evaluation_time_seconds": "12.5"}', encoding="utf-8")
-    (out / "samples_sst_bench_mmlu_2026.jsonl").write_text('{"doc_id": 1}\n{"doc_id": 0}\n', encoding="utf-8")
+    # lm-eval writes non-ASCII raw: a U+2028 inside a string must not split the JSON line.
+    samples = '{"doc_id": 1, "q": "a\u2028b"}\n{"doc_id": 0, "q": "c"}\n'
+    (out / "samples_sst_bench_mmlu_2026.jsonl").write_text(samples, encoding="utf-8")
     rows, seconds = read_lm_eval(tmp_path)
-    assert [r["doc_id"] for r in rows] == [0, 1] and seconds == 12.5
+    assert [r["doc_id"] for r in rows] == [0, 1] and rows[1]["q"] == "a\u2028b" and seconds == 12.5
