@@ -1,5 +1,5 @@
 """The scoring loop alone: log-likelihoods of the same (context, continuation) pairs, in one process, by
-sst-merge's MMLU scorer (`encode_pair` + `loglikelihoods`) or by lm-eval's `HFLM.loglikelihood`.
+sst-merge's MMLU scorer (`encode_pairs` + `loglikelihoods`) or by lm-eval's `HFLM.loglikelihood`.
 
 Both time tokenization and batched forward passes only (model loaded beforehand, one untimed warm-up
 pass first); the whole-process comparison is in bench_eval.py. Runs under .venv (`--tool sst-merge`)
@@ -22,13 +22,13 @@ def ours(model_dir: str, batch_size: int) -> Callable[[list[tuple[str, str]]], l
     """sst-merge's scorer on a float32 model (no BOS: the testbed tokenizer has none)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sst_merge.eval.mmlu import encode_pair, loglikelihoods
+    from sst_merge.eval.mmlu import encode_pairs, loglikelihoods
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
 
     def score(pairs: list[tuple[str, str]]) -> list[float]:
-        return loglikelihoods(model, [encode_pair(tokenizer, c, x, True) for c, x in pairs], batch_size)
+        return loglikelihoods(model, encode_pairs(tokenizer, pairs, True), batch_size)
 
     return score
 

@@ -142,17 +142,28 @@ def build_context(question: MCQuestion, shots: Sequence[MCQuestion]) -> str:
     return header + solved + format_question(question)
 
 
-def encode_pair(tokenizer: Any, context: str, continuation: str, add_bos: bool) -> tuple[list[int], list[int]]:
-    """Token ids `(context, continuation)`: the continuation's are those of the joint text after the
-    context's (so merges across the boundary are handled as the harness does)."""
-    whole = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
-    ctx = tokenizer(context, add_special_tokens=False)["input_ids"]
-    cont = whole[len(ctx):]
-    if not cont:
-        raise ValueError(f"continuation {continuation!r} has no tokens of its own")
-    if add_bos and tokenizer.bos_token_id is not None:
-        ctx = [tokenizer.bos_token_id] + ctx
-    return ctx, cont
+def encode_pairs(
+    tokenizer: Any, pairs: Sequence[tuple[str, str]], add_bos: bool
+) -> list[tuple[list[int], list[int]]]:
+    """Token ids `(context, continuation)` of each `(context, continuation)` text pair: the continuation's
+    are those of the joint text after the context's (so merges across the boundary are handled as the
+    harness does). Each distinct context is tokenized once, and all texts in two batched tokenizer calls
+    (per-text calls were 2x slower on MMLU's four answers per context)."""
+    if not pairs:
+        return []
+    contexts = list(dict.fromkeys(context for context, _ in pairs))
+    context_ids = dict(zip(contexts, tokenizer(contexts, add_special_tokens=False)["input_ids"], strict=True))
+    wholes = tokenizer([context + continuation for context, continuation in pairs],
+                       add_special_tokens=False)["input_ids"]
+    bos = [tokenizer.bos_token_id] if add_bos and tokenizer.bos_token_id is not None else []
+    encoded = []
+    for (context, continuation), whole in zip(pairs, wholes, strict=True):
+        ctx = context_ids[context]
+        cont = whole[len(ctx):]
+        if not cont:
+            raise ValueError(f"continuation {continuation!r} has no tokens of its own")
+        encoded.append((bos + ctx, cont))
+    return encoded
 
 
 @torch.no_grad()
@@ -196,10 +207,8 @@ def score_questions(
     batch_size: int = 8, add_bos: bool = True,
 ) -> list[dict[str, Any]]:
     """Per-question rows: subject, answer, prediction, correct, and the four log-likelihoods."""
-    requests = []
-    for q in questions:
-        context = build_context(q, shots.get(q.subject, [])[:k])
-        requests += [encode_pair(tokenizer, context, " " + letter, add_bos) for letter in LETTERS]
+    contexts = [build_context(q, shots.get(q.subject, [])[:k]) for q in questions]
+    requests = encode_pairs(tokenizer, [(context, " " + letter) for context in contexts for letter in LETTERS], add_bos)
     scores = loglikelihoods(model, requests, batch_size)
     rows = []
     for i, q in enumerate(questions):
