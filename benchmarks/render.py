@@ -85,20 +85,23 @@ def eval_table(rows: list[dict]) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     evals = sorted((r for r in rows if r["bench"] == "eval"),
-                   key=lambda r: (r["items"], r["method"], r["tool"] != "sst-merge"))
+                   key=lambda r: (r["items"], r["method"], bool(r.get("variant")), r["tool"] != "sst-merge"))
     for r in evals:
-        ours = next(o for o in evals
-                    if o["tool"] == "sst-merge" and o["items"] == r["items"] and o["method"] == r["method"])
+        # Each lm-eval row against our row of the same runs (the "before" rows against each other).
+        ours = next(o for o in evals if o["tool"] == "sst-merge" and o["items"] == r["items"]
+                    and o["method"] == r["method"] and bool(o.get("variant")) == bool(r.get("variant")))
         measured = "scoring loop (in-process)" if r["method"].endswith("scoring-loop") else "whole process"
         ratio = "—" if r["tool"] == "sst-merge" else f"{r['wall_s_median'] / ours['wall_s_median']:.2f}×"
         load = r["load_avg_1m"]
+        variant = f" ({r['variant']})" if r.get("variant") else ""
         lines.append(
-            f"| {r['items']} | {measured} | {r['tool']} | {_s(r['wall_s_median'])} | {r['n_runs']}"
+            f"| {r['items']} | {measured} | {r['tool']}{variant}"
+            f" | {_s(r['wall_s_median'])} | {r['n_runs']}"
             f" | {r['items_per_s']:.1f} | {_s(r.get('in_process_s_median'))} | {_gb(r['peak_rss_bytes'])}"
             f" | {r['answers_agree']} / {r['items']} | {r['max_abs_loglik_diff']:.1e} | {ratio}"
             f" | {min(load):.1f}–{max(load):.1f} |"
         )
-    whole = [r for r in evals if not r["method"].endswith("scoring-loop")]
+    whole = [r for r in evals if not r["method"].endswith("scoring-loop") and not r.get("variant")]
     for tool in ("sst-merge", "lm-eval"):
         mine = sorted((r for r in whole if r["tool"] == tool), key=lambda r: r["items"])
         if len(mine) >= 2 and mine[-1]["wall_s_median"] > mine[0]["wall_s_median"]:
