@@ -142,19 +142,24 @@ def build_context(question: MCQuestion, shots: Sequence[MCQuestion]) -> str:
     return header + solved + format_question(question)
 
 
+def token_ids(tokenizer: Any, texts: Sequence[str], chunk: int = 256) -> list[list[int]]:
+    """Token ids of each text (no special tokens), `chunk` texts per tokenizer call: batched calls are
+    about 2x faster than one call per text, and bounded chunks keep the fast tokenizer's transient
+    per-call state small (one call over 8000 5-shot MMLU texts held 1.5 GB and was slower)."""
+    return [ids for start in range(0, len(texts), chunk)
+            for ids in tokenizer(list(texts[start:start + chunk]), add_special_tokens=False)["input_ids"]]
+
+
 def encode_pairs(
     tokenizer: Any, pairs: Sequence[tuple[str, str]], add_bos: bool
 ) -> list[tuple[list[int], list[int]]]:
     """Token ids `(context, continuation)` of each `(context, continuation)` text pair: the continuation's
     are those of the joint text after the context's (so merges across the boundary are handled as the
-    harness does). Each distinct context is tokenized once, and all texts in two batched tokenizer calls
-    (per-text calls were 2x slower on MMLU's four answers per context)."""
-    if not pairs:
-        return []
+    harness does). Each distinct context is tokenized once (MMLU has four answers per context), and
+    texts are tokenized in batches (`token_ids`)."""
     contexts = list(dict.fromkeys(context for context, _ in pairs))
-    context_ids = dict(zip(contexts, tokenizer(contexts, add_special_tokens=False)["input_ids"], strict=True))
-    wholes = tokenizer([context + continuation for context, continuation in pairs],
-                       add_special_tokens=False)["input_ids"]
+    context_ids = dict(zip(contexts, token_ids(tokenizer, contexts), strict=True))
+    wholes = token_ids(tokenizer, [context + continuation for context, continuation in pairs])
     bos = [tokenizer.bos_token_id] if add_bos and tokenizer.bos_token_id is not None else []
     encoded = []
     for (context, continuation), whole in zip(pairs, wholes, strict=True):
