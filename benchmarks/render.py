@@ -102,11 +102,12 @@ def eval_table(rows: list[dict]) -> list[str]:
             f" | {min(load):.1f}–{max(load):.1f} |"
         )
     whole = [r for r in evals if not r["method"].endswith("scoring-loop") and not r.get("variant")]
+    lines.append("")
     for tool in ("sst-merge", "lm-eval"):
         mine = sorted((r for r in whole if r["tool"] == tool), key=lambda r: r["items"])
         if len(mine) >= 2 and mine[-1]["wall_s_median"] > mine[0]["wall_s_median"]:
             extra = mine[-1]["items"] - mine[0]["items"]
-            lines.append(f"\n- {tool}, whole process, marginal rate between {mine[0]['items']} and {mine[-1]['items']}"
+            lines.append(f"- {tool}, whole process, marginal rate between {mine[0]['items']} and {mine[-1]['items']}"
                          f" items: {extra / (mine[-1]['wall_s_median'] - mine[0]['wall_s_median']):.1f} items/s")
     return lines
 
