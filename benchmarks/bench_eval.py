@@ -7,6 +7,8 @@ through a local task YAML whose description, doc_to_text, choices and target del
 `sst_merge.eval.mmlu.build_context` (lm-eval's own `mmlu` prompt), so both score the continuations
 " A" … " D" after the same context. After the runs the per-item contexts, log-likelihoods and
 answers (argmax over the four letters) of the last run of each tool are compared item by item.
+Then the scoring loop alone is timed in-process on the same pairs (bench_eval_scoring.py). Both are
+done for two item counts (SUBJECT_COUNTS), whose difference gives each tool's rate without start-up.
 """
 
 from __future__ import annotations
