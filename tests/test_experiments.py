@@ -120,6 +120,14 @@ def test_run_resume_and_determinism(micro_config: Path, tmp_path: Path, monkeypa
     ta_refusal = exp3["TA"]["runs"][0]["test"]["refusal"]["value"]
     assert f"{ta_refusal:.3f}" in report
 
+    # Cells computed on other evaluation data (or another testbed build) are not resumed into.
+    changed = json.loads(json.dumps(MICRO))
+    changed["datasets"]["minimal"]["testbed"]["harmful"] = 6
+    other = tmp_path / "changed.yaml"
+    other.write_text(yaml.safe_dump(changed))
+    assert _run(other, first) == 2
+    assert json.loads((first / "run_identity.json").read_text())["datasets"]["testbed"]["harmful"] == 8
+
 
 def test_bad_experiment_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     bad = json.loads(json.dumps(MICRO))

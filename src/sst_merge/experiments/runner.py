@@ -3,6 +3,7 @@ data, exp2 (number of experts) and exp3 (baseline comparison); every cell saved 
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import statistics
@@ -152,6 +153,37 @@ def run_experiments(
         handler.close()
 
 
+IDENTITY = "run_identity.json"
+
+
+def run_identity(config: ExperimentConfig, mode: Mode, model: str, subject: Subject) -> dict[str, Any]:
+    """What a finished cell's numbers depend on beyond the cell itself: the models evaluated (a testbed
+    build's hash) and the evaluation data settings. Methods and K are in each cell's own key."""
+    return {
+        "model": model,
+        "subject": subject.fingerprint,
+        "model_spec": config.models[model].model_dump(mode="json"),
+        "datasets": config.datasets[mode].model_dump(mode="json"),
+    }
+
+
+def check_run_identity(run_dir: Path, identity: dict[str, Any]) -> None:
+    """Record `identity` in a new run directory; refuse to resume one whose cells were computed for another."""
+    path = run_dir / IDENTITY
+    if path.is_file():
+        try:
+            found = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise InputError(f"corrupt run identity ({exc})", path) from exc
+        if found != identity:
+            changed = sorted(key for key in {**found, **identity} if found.get(key) != identity.get(key))
+            raise InputError(
+                f"holds a run whose {', '.join(changed)} differ from this one's, so its finished cells do not "
+                "apply; pass --output to start a new run, or delete the directory", run_dir)
+        return
+    write_json_atomic(path, identity)
+
+
 def _run(config: ExperimentConfig, mode: Mode, model: str, experiments: list[str], run_dir: Path) -> dict[str, Any]:
     started = time.perf_counter()
     write_text_atomic(
@@ -167,6 +199,7 @@ def _run(config: ExperimentConfig, mode: Mode, model: str, experiments: list[str
     max_k = max([k_sweep, k_exp3, *k_exp2])
     log.info("run %s: mode %s, model %s, experiments %s", run_dir.name, mode, model, experiments)
     subject = resolve_subject(model, config.models[model], config.datasets[mode], max_k)
+    check_run_identity(run_dir, run_identity(config, mode, model, subject))
     runner = Runner(config, subject, run_dir)
 
     def rows_of(record: dict[str, Any]) -> dict[str, Any]:

@@ -25,6 +25,8 @@ class Subject:
     safety_adapter: Path | None
     safety_data: Path | None
     evaluator: ChatEvaluator
+    # What the evaluated models are: the testbed build's content hash, or the hub id and adapter paths.
+    fingerprint: str
 
     def method_data(self, method: str, k: int) -> dict[str, Any]:
         """The data parameters a Fisher-based method takes (safety/utility data, safety adapter), if any."""
@@ -63,6 +65,7 @@ def resolve_subject(name: str, spec: ModelSpec, data: DatasetSpec, max_experts: 
             evaluator=ChatEvaluator(
                 testbed_data(testbed, tasks, limits.harmful, limits.benign, limits.task_items), **common
             ),
+            fingerprint=f"testbed {testbed.manifest['hash']}",
         )
     if len(spec.experts) < max_experts or len(spec.expert_data) < max_experts:
         raise InputError(
@@ -82,4 +85,5 @@ def resolve_subject(name: str, spec: ModelSpec, data: DatasetSpec, max_experts: 
         safety_adapter=spec.safety_adapter,
         safety_data=spec.safety_data,
         evaluator=ChatEvaluator(hub_data(None, task_dirs, data.beavertails.limit, data.xstest.limit, None), **common),
+        fingerprint=" ".join(map(str, [spec.hub_id, *spec.experts[:max_experts], spec.safety_adapter])),
     )
