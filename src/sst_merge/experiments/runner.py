@@ -265,15 +265,19 @@ def _run(config: ExperimentConfig, mode: Mode, model: str, experiments: list[str
         for label, spec in config.methods.items():
             seeds = spec.seeds if spec.method.startswith("dare") else [0]
             runs = [rows_of(runner.record(chosen_cell(label, k_exp3, seed))) for seed in seeds]
-            table.append({"method": label, "k": k_exp3, "seeds": seeds, "runs": runs, "chosen": chosen[label]["value"]})
+            table.append({"method": label, "k": k_exp3, "seeds": seeds, "runs": runs, "chosen": chosen[label]["value"],
+                          "param": chosen[label]["param"]})
         reference = next((e for e in table if e["method"] == "TA"), None)
+
+        def first_run(entry: dict[str, Any]) -> dict[str, Any]:
+            # The tax compares single models: a seeded method's first seed stands for it.
+            param = entry["param"] if len(entry["seeds"]) == 1 else f"seed {entry['seeds'][0]}, {entry['param']}"
+            return {**entry["runs"][0], "param": param, "value": entry["chosen"]}
+
         results["exp3"] = {
             "k": k_exp3,
             "table": table,
-            "safety_tax": safety_tax(
-                [(e["method"], {**e["runs"][0], "param": "seed 0", "value": e["chosen"]}) for e in table],
-                ("TA", {**reference["runs"][0], "param": "seed 0", "value": reference["chosen"]}),
-            )
+            "safety_tax": safety_tax([(e["method"], first_run(e)) for e in table], ("TA", first_run(reference)))
             if reference
             else None,
         }
