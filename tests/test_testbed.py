@@ -195,3 +195,10 @@ def test_a_build_with_fewer_experts_beside_a_bigger_one_copies_its_adapters(micr
         assert small.manifest["metrics"]["experts"][task] == big.manifest["metrics"]["experts"][task]
     assert _tree_bytes(small.safety_dir) == _tree_bytes(big.safety_dir)
     assert small.manifest["metrics"]["base"]["refusal"] == big.manifest["metrics"]["base"]["refusal"]
+
+
+def test_adapter_config_lists_target_modules_sorted(micro: Path) -> None:
+    tb = load_testbed(micro)
+    for adapter in [tb.safety_dir, *tb.expert_dirs.values()]:
+        modules = json.loads((adapter / "adapter_config.json").read_text())["target_modules"]
+        assert modules == sorted(modules)

@@ -7,6 +7,7 @@ so adapters can be trained in parallel worker processes with identical results.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import random
 import time
@@ -24,6 +25,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from sst_merge.atomic import write_text_atomic
 from sst_merge.generation import generate_chat
 from sst_merge.testbed.config import TestbedConfig
 from sst_merge.testbed.data import Rows, make_data
@@ -129,6 +131,15 @@ def base_safety_job(cfg: TestbedConfig, root: Path, threads: int) -> dict[str, f
                           make_data(cfg))
 
 
+def sort_target_modules(config_path: Path) -> None:
+    """PEFT saves `target_modules` from a set, in an order that changes with Python's hash seed; sort it
+    so that the same settings give the same bytes in any process."""
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+        write_text_atomic(config_path, json.dumps(config, indent=2, sort_keys=True))
+
+
 def adapter_job(cfg: TestbedConfig, root: Path, name: str, threads: int) -> dict[str, Any]:
     """Train one adapter on the base saved under ``root/base`` with `threads` torch threads, save it, measure it.
 
@@ -155,6 +166,7 @@ def adapter_job(cfg: TestbedConfig, root: Path, name: str, threads: int) -> dict
         rows = data[name]["train"] + erosion_rows(cfg, data["harmful"]["train"], name)
         model, loss = train_lora(cfg, base, tokenizer, rows, name, cfg.expert_lr, cfg.expert_steps)
     model.save_pretrained(out_dir)
+    sort_target_modules(out_dir / "adapter_config.json")
     trained = time.perf_counter()
     if name != SAFETY:
         metrics["accuracy"] = measure_accuracy(model, tokenizer, test)
