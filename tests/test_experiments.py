@@ -88,7 +88,10 @@ def test_run_resume_and_determinism(micro_config: Path, tmp_path: Path, monkeypa
     assert len(list((first / "cells").glob("*.json"))) == 3
     monkeypatch.setattr(runner_module.Runner, "_compute", original)
 
+    # A run killed inside a merge leaves its temporary model; the next run clears it.
+    (first / f"{runner_module.MERGE_TMP_PREFIX}killed").mkdir()
     assert _run(micro_config, first) == 0
+    assert not list(first.glob(f"{runner_module.MERGE_TMP_PREFIX}*"))
     results = json.loads((first / "results.json").read_text())
     assert results["run"]["cells_reused"] >= 3
     total_cells = len(list((first / "cells").glob("*.json")))

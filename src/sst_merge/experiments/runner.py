@@ -28,6 +28,9 @@ from sst_merge.progress import console
 log = logging.getLogger("sst_merge.experiments")
 
 
+MERGE_TMP_PREFIX = "merge-tmp-"
+
+
 class Runner:
     """Evaluates cells for one subject, reusing every cell already saved in the run directory."""
 
@@ -38,6 +41,9 @@ class Runner:
         self.store = CellStore(run_dir / "cells")
         self.computed = 0
         self.reused = 0
+        # A run killed inside a merge cell leaves its temporary merged model behind.
+        for stale in run_dir.glob(f"{MERGE_TMP_PREFIX}*"):
+            shutil.rmtree(stale, ignore_errors=True)
 
     def record(self, cell: Cell) -> dict[str, Any]:
         """The cell's saved record, computing and saving it first if needed."""
@@ -66,7 +72,7 @@ class Runner:
         if cell.kind == "safety":
             model, tok = load_model(subject.base, subject.safety_adapter, **load)
             return {"metrics": subject.evaluator.evaluate(model, tok, [])}
-        tmp = Path(tempfile.mkdtemp(prefix="merge-", dir=self.run_dir))
+        tmp = Path(tempfile.mkdtemp(prefix=MERGE_TMP_PREFIX, dir=self.run_dir))
         try:
             params = {**cell.params, **subject.method_data(cell.method, cell.k)}
             if "cache_dir" in get_method(cell.method).params.model_fields:

@@ -57,7 +57,8 @@ def _join(items: Operands | list[str]) -> str:
 # The first 24 are the ones a rank-8 adapter learned best within 200 steps in our measurements
 # (they read the first or second operand, or a property of one; recipe v5: 22 of them >= 0.9,
 # last_is_vowel 0.82, second_capital 0.72); the ones after them (later positions, max) reached only
-# 0.1-0.7 in the same budget, so they come last and get no expert by default. Per-token maps (uppercase, next letter) and multi-token answers trained worse still.
+# 0.1-0.7 in the same budget, so they come last and get no expert by default. Per-token maps
+# (uppercase, next letter) and multi-token answers trained worse still.
 _L4, _L5, _D3, _D4, _D5 = _letters(4, 4), _letters(5, 5), _digits(3, 3), _digits(4, 4), _digits(5, 5)
 
 
