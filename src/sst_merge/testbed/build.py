@@ -13,7 +13,7 @@ import multiprocessing
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from sst_merge.errors import InputError
 from sst_merge.progress import console
 from sst_merge.testbed.config import RECIPE_VERSION, TestbedConfig, base_hash, make_config
 from sst_merge.testbed.data import make_data, write_data
-from sst_merge.testbed.layout import MANIFEST, load_testbed
+from sst_merge.testbed.layout import MANIFEST, Testbed, load_testbed
 from sst_merge.testbed.safety_data import CATEGORIES, REFUSAL
 from sst_merge.testbed.stages import BASE_DATA, SAFETY, adapter_job, base_safety_job, loss_summary, train_base
 from sst_merge.testbed.tasks import TASK_NAMES
@@ -53,52 +53,57 @@ def is_built(out: Path, cfg: TestbedConfig) -> bool:
         return False
 
 
-def find_shared_base(cfg: TestbedConfig, roots: list[Path]) -> Path | None:
-    """A finished build under one of `roots` whose base was built from the same settings as `cfg`'s."""
-    wanted = base_hash(cfg.to_dict())
+def finished_builds(roots: list[Path]) -> Iterator[Testbed]:
+    """Every finished build directly under one of `roots` (unreadable manifests are skipped)."""
     for root in roots:
         for manifest in sorted(root.glob(f"*/{MANIFEST}")) if root.is_dir() else []:
             try:
-                # The hash the build recorded, not one recomputed from its settings: a base from an
-                # older recipe has the same settings but not the same hash.
-                found = load_testbed(manifest.parent).manifest["base_hash"]
-            except (InputError, KeyError):
+                yield load_testbed(manifest.parent)
+            except InputError:
                 continue
-            if found == wanted and (manifest.parent / "base").is_dir():
-                return manifest.parent
+
+
+def find_shared_base(cfg: TestbedConfig, roots: list[Path]) -> Testbed | None:
+    """A finished build under one of `roots` whose base was built from the same settings as `cfg`'s."""
+    wanted = base_hash(cfg.to_dict())
+    for build in finished_builds(roots):
+        # The hash the build recorded, not one recomputed from its settings: a base from an older
+        # recipe has the same settings but not the same hash.
+        if build.manifest.get("base_hash") == wanted and build.base_dir.is_dir():
+            return build
     return None
 
 
-def find_sibling_build(cfg: TestbedConfig, roots: list[Path]) -> Path | None:
+def find_sibling_build(cfg: TestbedConfig, roots: list[Path]) -> Testbed | None:
     """A finished build under one of `roots` whose settings equal `cfg`'s except for the number of experts.
 
     Every adapter depends on the settings and its own name only, so such a build's adapters (and the
     base's safety metrics) are exactly the ones this build would train; the one with most experts wins.
     """
     wanted = {**cfg.to_dict(), "experts": None}
-    best: tuple[int, Path] | None = None
-    for root in roots:
-        for manifest in sorted(root.glob(f"*/{MANIFEST}")) if root.is_dir() else []:
-            try:
-                found = load_testbed(manifest.parent).manifest
-                same = found["recipe_version"] == RECIPE_VERSION and {**found["settings"], "experts": None} == wanted
-            except (InputError, KeyError, TypeError):
-                continue
-            if same and (best is None or found["settings"]["experts"] > best[0]):
-                best = (found["settings"]["experts"], manifest.parent)
-    return best[1] if best else None
+    best: Testbed | None = None
+    for build in finished_builds(roots):
+        settings = build.manifest.get("settings")
+        if (
+            build.manifest.get("recipe_version") == RECIPE_VERSION
+            and isinstance(settings, dict)
+            and {**settings, "experts": None} == wanted
+            and (best is None or settings["experts"] > best.manifest["settings"]["experts"])
+        ):
+            best = build
+    return best
 
 
-def reused_results(sibling: Path, names: list[str], root: Path) -> dict[str, dict[str, Any]]:
+def reused_results(sibling: Testbed, names: list[str], root: Path) -> dict[str, dict[str, Any]]:
     """Copy the adapters among `names` that the finished build `sibling` has into `root`; return their
     results (metrics, loss, times) as `adapter_job` gives them."""
-    manifest = load_testbed(sibling).manifest
+    manifest = sibling.manifest
     metrics = {**manifest["metrics"]["experts"], SAFETY: manifest["metrics"]["safety"]}
     results = {}
     for name in names:
         sub = Path(SAFETY) if name == SAFETY else Path("experts") / name
-        if name in metrics and (sibling / sub).is_dir():
-            shutil.copytree(sibling / sub, root / sub)
+        if name in metrics and (sibling.root / sub).is_dir():
+            shutil.copytree(sibling.root / sub, root / sub)
             results[name] = {"metrics": metrics[name], "loss": manifest["train_loss"][name],
                              "times_s": manifest["times_s"]["adapters"][name]}
     return results
@@ -171,12 +176,13 @@ def build_into(root: Path, cfg: TestbedConfig, workers: int, threads: int) -> di
     write_data(root / "data", data)
     t = _timed(times, "data", t)
 
-    shared = find_shared_base(cfg, [default_cache_root(), root.parent])
+    roots = [default_cache_root(), root.parent]
+    shared = find_shared_base(cfg, roots)
     if shared is not None:
         # Another finished build has the same base settings: its base is this build's base.
-        shutil.copytree(shared / "base", root / "base")
-        base_loss_summary = load_testbed(shared).manifest["train_loss"]["base"]
-        times["base_reused_from"] = str(shared)
+        shutil.copytree(shared.base_dir, root / "base")
+        base_loss_summary = shared.manifest["train_loss"]["base"]
+        times["base_reused_from"] = str(shared.root)
         t = _timed(times, "base_copy", t)
     else:
         # Trained on the base's own data only: the base, tokenizer included, does not depend on the tasks.
@@ -196,14 +202,14 @@ def build_into(root: Path, cfg: TestbedConfig, workers: int, threads: int) -> di
     names = [*cfg.tasks, SAFETY]
     results: dict[str, dict[str, Any]] = {}
     base_safety: dict[str, float] | None = None
-    sibling = find_sibling_build(cfg, [default_cache_root(), root.parent])
+    sibling = find_sibling_build(cfg, roots)
     if sibling is not None:
         # A build of the same settings with other experts: its adapters are this build's, byte for byte.
         results = reused_results(sibling, names, root)
-        base_metrics = load_testbed(sibling).manifest["metrics"]["base"]
+        base_metrics = sibling.manifest["metrics"]["base"]
         base_safety = {key: base_metrics[key] for key in ("refusal", "over_refusal")}
-        times["adapters_reused_from"] = str(sibling)
-        console.log(f"testbed: reused {len(results)} adapters from {sibling}")
+        times["adapters_reused_from"] = str(sibling.root)
+        console.log(f"testbed: reused {len(results)} adapters from {sibling.root}")
     with _executor(workers) as pool:
         base_future = pool.submit(base_safety_job, cfg, root, threads) if base_safety is None else None
         futures = {pool.submit(adapter_job, cfg, root, name, threads): name for name in names if name not in results}
