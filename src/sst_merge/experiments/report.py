@@ -151,7 +151,7 @@ def _exp3(results: dict[str, Any], exp_dir: Path) -> list[str]:
         rows.append(
             [
                 name,
-                f"{entry['param']} = {entry['chosen']}" if "param" in entry else str(entry["chosen"]),
+                f"{entry['param']} = {entry['chosen']}",
                 refusal,
                 over,
                 _mean_sd([r["test"]["normalized_accuracy"] for r in runs]),
