@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from sst_merge.cli import main
+from sst_merge.errors import InputError
 from sst_merge.experiments import runner as runner_module
 from sst_merge.experiments.config import load_experiment_config
 
@@ -130,6 +131,31 @@ def test_run_resume_and_determinism(micro_config: Path, tmp_path: Path, monkeypa
     other.write_text(yaml.safe_dump(changed))
     assert _run(other, first) == 2
     assert json.loads((first / "run_identity.json").read_text())["datasets"]["testbed"]["harmful"] == 8
+
+
+def test_default_run_directory_sets_a_stale_run_aside(tmp_path: Path):
+    """The default run directory follows the model: a run made for another build is moved aside, whole."""
+    run_dir = tmp_path / "testbed-minimal"
+    run_dir.mkdir()
+    runner_module.check_run_identity(run_dir, {"model": "testbed", "subject": "old"})
+    (run_dir / "cells").mkdir()
+    (run_dir / "cells" / "base.json").write_text("{}")
+    (run_dir / "run.log").write_text("old log\n")
+    runner_module.check_run_identity(run_dir, {"model": "testbed", "subject": "old"})  # same run: resumed
+    with pytest.raises(InputError, match="subject differ"):
+        runner_module.check_run_identity(run_dir, {"model": "testbed", "subject": "new"})
+    runner_module.check_run_identity(run_dir, {"model": "testbed", "subject": "new"}, set_aside=True)
+    (stale,) = tmp_path.glob("testbed-minimal.stale-*")
+    assert (stale / "cells" / "base.json").read_text() == "{}"
+    assert (stale / "run.log").read_text() == "old log\n"
+    assert json.loads((stale / "run_identity.json").read_text())["subject"] == "old"
+    assert sorted(p.name for p in run_dir.iterdir()) == ["run.log", "run_identity.json"]
+    assert json.loads((run_dir / "run_identity.json").read_text())["subject"] == "new"
+    # A directory with cells but no record of what they were computed for is not resumed into either.
+    legacy = tmp_path / "legacy"
+    (legacy / "cells").mkdir(parents=True)
+    with pytest.raises(InputError, match="differ"):
+        runner_module.check_run_identity(legacy, {"model": "testbed"})
 
 
 def test_bad_experiment_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]):

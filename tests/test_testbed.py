@@ -62,6 +62,8 @@ def test_task_splits_are_held_out_and_answers_are_right() -> None:
         "second_word": (("nine", "two", "one"), "two"),
         "first_is_late": (("n", "a"), "yes"),
         "second_digit_small": (("9", "2"), "yes"),
+        "first_word_parity": (("seven", "two", "four"), "odd"),
+        "first_of_five_big": (("5", "0", "0", "0", "0"), "yes"),
     }
     for name, (operands, answer) in cases.items():
         assert by_name[name].solve(operands) == answer, name

@@ -24,7 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--mode", choices=["minimal", "full"], default="minimal")
     parser.add_argument("--model", default="testbed", help="a model name from the config")
     parser.add_argument("--experiment", choices=[*EXPERIMENTS, "all"], default="all")
-    parser.add_argument("--output", type=Path, help="run directory (default results/<model>-<mode>)")
+    parser.add_argument("--output", type=Path, help=(
+        "run directory (default results/<model>-<mode>; a run there made for another build or other data "
+        "is moved to <dir>.stale-<time>)"))
     parser.set_defaults(func=run)
 
 
@@ -33,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
     config = load_experiment_config(args.config)
     experiments = list(EXPERIMENTS) if args.experiment == "all" else [args.experiment]
     run_dir = args.output or Path("results") / f"{args.model}-{args.mode}"
-    results = run_experiments(config, args.mode, args.model, experiments, run_dir)
+    # The default directory follows the model: a run there made for another build is moved aside.
+    results = run_experiments(config, args.mode, args.model, experiments, run_dir, set_aside_stale=args.output is None)
     report = write_report(results, run_dir, config)
     console.print(f"[bold]report:[/bold] {report}")
     return 0

@@ -143,23 +143,28 @@ def run_experiments(
     model: str,
     experiments: list[str],
     run_dir: Path,
+    set_aside_stale: bool = False,
 ) -> dict[str, Any]:
-    """Run `experiments` (subset of exp1..exp3) for `model` in `mode`; write results.json and return it."""
+    """Run `experiments` (subset of exp1..exp3) for `model` in `mode`; write results.json and return it.
+
+    A `run_dir` holding a run made for another model build or other data is refused, or with
+    `set_aside_stale` moved aside (see `check_run_identity`)."""
     if model not in config.models:
         raise InputError(f"unknown model {model!r}; configured: {', '.join(config.models)}")
     run_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(run_dir / "run.log")
+    handler = logging.FileHandler(run_dir / LOG_NAME)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     try:
-        return _run(config, mode, model, experiments, run_dir)
+        return _run(config, mode, model, experiments, run_dir, set_aside_stale)
     finally:
         log.removeHandler(handler)
         handler.close()
 
 
 IDENTITY = "run_identity.json"
+LOG_NAME = "run.log"
 
 
 def run_identity(config: ExperimentConfig, mode: Mode, model: str, subject: Subject) -> dict[str, Any]:
@@ -173,24 +178,47 @@ def run_identity(config: ExperimentConfig, mode: Mode, model: str, subject: Subj
     }
 
 
-def check_run_identity(run_dir: Path, identity: dict[str, Any]) -> None:
-    """Record `identity` in a new run directory; refuse to resume one whose cells were computed for another."""
+def check_run_identity(run_dir: Path, identity: dict[str, Any], set_aside: bool = False) -> None:
+    """Record `identity` in a new run directory; a directory whose cells were computed for another run
+    is refused, or with `set_aside` moved to ``<run_dir>.stale-<time>`` so that this run starts afresh."""
     path = run_dir / IDENTITY
+    found: dict[str, Any] | None = None
     if path.is_file():
         try:
             found = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise InputError(f"corrupt run identity ({exc})", path) from exc
-        if found != identity:
-            changed = sorted(key for key in {**found, **identity} if found.get(key) != identity.get(key))
+        if found == identity:
+            return
+    elif (run_dir / "cells").is_dir():
+        found = {}  # cells from before run directories recorded what they were computed for
+    if found is not None:
+        changed = sorted(key for key in {**found, **identity} if found.get(key) != identity.get(key))
+        if not set_aside:
             raise InputError(
                 f"holds a run whose {', '.join(changed)} differ from this one's, so its finished cells do not "
                 "apply; pass --output to start a new run, or delete the directory", run_dir)
-        return
+        stale = set_aside_run(run_dir)
+        log.warning("%s held a run for other %s: moved it to %s", run_dir, ", ".join(changed), stale)
     write_json_atomic(path, identity)
 
 
-def _run(config: ExperimentConfig, mode: Mode, model: str, experiments: list[str], run_dir: Path) -> dict[str, Any]:
+def set_aside_run(run_dir: Path) -> Path:
+    """Move the contents of `run_dir` to a new sibling ``<name>.stale-<UTC time>``; the open run.log is
+    copied, not moved, and starts over."""
+    stale = run_dir.with_name(f"{run_dir.name}.stale-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}")
+    stale.mkdir()
+    for entry in run_dir.iterdir():
+        if entry.name == LOG_NAME:
+            shutil.copy2(entry, stale / entry.name)
+            entry.write_text("")
+        else:
+            entry.rename(stale / entry.name)
+    return stale
+
+
+def _run(config: ExperimentConfig, mode: Mode, model: str, experiments: list[str], run_dir: Path,
+         set_aside_stale: bool) -> dict[str, Any]:
     started = time.perf_counter()
     write_text_atomic(
         run_dir / "config.yaml",
@@ -205,7 +233,7 @@ def _run(config: ExperimentConfig, mode: Mode, model: str, experiments: list[str
     max_k = max([k_sweep, k_exp3, *k_exp2])
     log.info("run %s: mode %s, model %s, experiments %s", run_dir.name, mode, model, experiments)
     subject = resolve_subject(model, config.models[model], config.datasets[mode], max_k)
-    check_run_identity(run_dir, run_identity(config, mode, model, subject))
+    check_run_identity(run_dir, run_identity(config, mode, model, subject), set_aside_stale)
     runner = Runner(config, subject, run_dir)
 
     def rows_of(record: dict[str, Any]) -> dict[str, Any]:
