@@ -1,13 +1,21 @@
-"""The kernels the benchmarks sped up: exact k-th-magnitude pruning and the streaming full-shard writer."""
+"""The kernels the benchmarks sped up: row-block streaming merges, exact top-k pruning, the full-shard writer."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
+from peft.utils import merge_utils
 from safetensors.torch import load_file, save_file
 
-from sst_merge import merge_ops
+from sst_merge import lora, merge_ops
+from sst_merge.lora import LoraFactors
+from sst_merge.methods.base import ModuleInputs, SeededSparsifyParams, SparsifyParams, module_generator
+from sst_merge.methods.dare_linear import dare_linear_module
+from sst_merge.methods.dare_ties import dare_ties_module
+from sst_merge.methods.magnitude_prune import magnitude_prune_module
+from sst_merge.methods.ties import ties_module
 from sst_merge.writers import stream_full_shard
 
 
@@ -43,9 +51,9 @@ def test_prune_falls_back_when_the_sample_misleads():
     flat = torch.randn(200_000, generator=gen)
     step = flat.numel() // merge_ops.THRESHOLD_SAMPLE
     flat[::step] = 0.0  # every sampled entry is zero: the bracket misses the true cut
-    cut, above, equal = merge_ops.kth_largest_magnitude(flat, 1000)
-    assert cut == flat.abs().sort(descending=True).values[999]
-    assert above == int((flat.abs() > cut).sum()) and equal == int((flat.abs() == cut).sum())
+    (cut,) = merge_ops.magnitude_cuts(merge_ops.DenseStack(flat.reshape(1, -1)), 1000)
+    assert cut.value == flat.abs().sort(descending=True).values[999]
+    assert cut.above == int((flat.abs() > cut.value).sum()) and cut.equal == int((flat.abs() == cut.value).sum())
     assert torch.equal(merge_ops.prune_magnitude(flat, 0.25), topk_prune(flat, 0.25))
 
 
@@ -67,3 +75,48 @@ def test_stream_full_shard_equals_adding_the_deltas(tmp_path: Path):
     assert torch.equal(out["a.weight"], (base["a.weight"].float() + deltas["a.weight"]).to(torch.bfloat16))
     assert torch.equal(out["b.weight"], base["b.weight"] + deltas["b.weight"])
     assert torch.equal(out["ids"], base["ids"])
+
+
+def _module_inputs(experts: list, shape: tuple[int, int], seed: int = 5) -> ModuleInputs:
+    return ModuleInputs(name="m", shape=shape, experts=experts, weights=[0.7, -0.4, 1.3],
+                        generator=module_generator(seed, "m"))
+
+
+@pytest.mark.parametrize("method", ["ties", "magnitude_prune", "dare_ties", "dare_linear"])
+def test_streamed_kernels_equal_peft_over_many_row_blocks(method: str, monkeypatch: pytest.MonkeyPatch):
+    """The kernels see ΔW a row block at a time (997 entries here: uneven blocks); the result is PEFT's."""
+    monkeypatch.setattr(lora, "DELTA_BLOCK_ENTRIES", 997)
+    gen = torch.Generator().manual_seed(4)
+    shape = (300, 211)
+    experts = [LoraFactors(A=torch.randn(4, 211, generator=gen), B=torch.randn(300, 4, generator=gen), scale=0.5),
+               None,  # an expert without this module: ΔW = 0, and DARE still draws its mask
+               LoraFactors(A=torch.randn(8, 211, generator=gen), B=torch.randn(300, 8, generator=gen), scale=2.0)]
+    inputs = _module_inputs(experts, shape)
+    deltas = [f.delta() if f is not None else torch.zeros(shape) for f in experts]
+    weights = torch.tensor(inputs.weights)
+    kernel, params = {"ties": (ties_module, SparsifyParams(density=0.4)),
+                      "magnitude_prune": (magnitude_prune_module, SparsifyParams(density=0.4)),
+                      "dare_ties": (dare_ties_module, SeededSparsifyParams(density=0.4, seed=5)),
+                      "dare_linear": (dare_linear_module, SeededSparsifyParams(density=0.4, seed=5))}[method]
+    torch.manual_seed(inputs.generator.initial_seed())  # PEFT draws DARE's masks from the global generator
+    expected = getattr(merge_utils, method)(deltas, weights, 0.4)
+    torch.testing.assert_close(kernel(inputs, params).dense(), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_trimming_breaks_ties_at_the_cut_by_flat_index_across_blocks(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(lora, "DELTA_BLOCK_ENTRIES", 500)
+    gen = torch.Generator().manual_seed(6)
+    shape = (120, 90)
+    experts = [LoraFactors(A=torch.randint(-1, 2, (2, 90), generator=gen).float(),
+                           B=torch.randint(-1, 2, (120, 2), generator=gen).float(), scale=1.0) for _ in range(3)]
+    blocks = list(merge_ops.trimmed_blocks(_module_inputs(experts, shape), 0.3))
+    trimmed = torch.cat([block for _, block in blocks], dim=1)
+    k = int(0.3 * 120 * 90)
+    for task, factors in enumerate(experts):
+        flat = factors.delta().reshape(-1)
+        mag = flat.abs()
+        cut = mag.sort(descending=True).values[k - 1]
+        keep = mag > cut
+        keep[(mag == cut).nonzero().squeeze(1)[: k - int(keep.sum())]] = True
+        assert int((mag == cut).sum()) > k - int((mag > cut).sum())  # the case: more ties than places
+        assert torch.equal(trimmed[task].reshape(-1), flat * keep)

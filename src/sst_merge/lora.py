@@ -27,6 +27,17 @@ BIN_NAME = "adapter_model.bin"
 _KEY_RE = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<which>[AB])(?:\.[^.]+)?\.weight$")
 
 
+# Entries of ΔW computed per matmul. A block stays in cache; and since a matmul's rounding depends on
+# its shape, everything that forms ΔW uses these same row blocks, so that all agree bit for bit.
+DELTA_BLOCK_ENTRIES = 1 << 16
+
+
+def delta_row_blocks(d_out: int, d_in: int) -> list[slice]:
+    """The row blocks in which ΔW (d_out, d_in) is computed, in order."""
+    step = max(1, DELTA_BLOCK_ENTRIES // max(d_in, 1))
+    return [slice(i, min(i + step, d_out)) for i in range(0, d_out, step)]
+
+
 @dataclass(frozen=True)
 class LoraFactors:
     """One module's LoRA update ``ΔW = scale · B @ A``.
@@ -47,9 +58,16 @@ class LoraFactors:
         """(d_out, d_in) of the ΔW this update adds."""
         return int(self.B.shape[0]), int(self.A.shape[1])
 
+    def delta_rows(self, rows: slice) -> torch.Tensor:
+        """Rows `rows` of ΔW, float32: one block of `delta_row_blocks`."""
+        return self.scale * (self.B[rows] @ self.A)
+
     def delta(self) -> torch.Tensor:
-        """Dense ΔW (d_out, d_in), float32."""
-        return self.scale * (self.B @ self.A)
+        """Dense ΔW (d_out, d_in), float32, computed block by block as the streaming merges compute it."""
+        out = torch.empty(self.shape)
+        for rows in delta_row_blocks(*self.shape):
+            out[rows] = self.delta_rows(rows)
+        return out
 
 
 @dataclass

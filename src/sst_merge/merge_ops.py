@@ -1,12 +1,68 @@
 """Pure tensor operations shared by the classic merges (TIES, DARE, magnitude pruning).
 
-Semantics follow `peft.utils.merge_utils` exactly, applied to dense ΔW tensors; tasks are stacked
-on dimension 0 where a stack is taken.
+Semantics follow `peft.utils.merge_utils` exactly. The K tasks' dense ΔW are never all in memory:
+a `StackedRows` hands them out one row block at a time, (K, rows, d_in), and each operation streams
+over the blocks in order (the flat order PEFT's masks follow), so a merge holds one block of every
+task and the merged (d_out, d_in) result, instead of K dense copies.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
 import torch
+
+from sst_merge.lora import delta_row_blocks
+
+
+class StackedRows(Protocol):
+    """The ΔW of K tasks, each (d_out, d_in), read by row blocks."""
+
+    @property
+    def shape(self) -> tuple[int, int]: ...
+
+    def count(self) -> int:
+        """K."""
+        ...
+
+    def blocks(self) -> list[slice]:
+        """Row blocks covering 0..d_out in order."""
+        ...
+
+    def rows(self, rows: slice) -> torch.Tensor:
+        """(K, len(rows), d_in) float32, a new tensor the caller may modify."""
+        ...
+
+    def entries(self, flat: torch.Tensor) -> torch.Tensor:
+        """(K, len(flat)): the entries at flat indices `flat` (to estimate quantiles; rounding may differ)."""
+        ...
+
+
+@dataclass(frozen=True)
+class DenseStack:
+    """`StackedRows` over dense tensors already in memory: (K, d_out, d_in), or (K, n) read as (K, n, 1)."""
+
+    tensors: torch.Tensor
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        t = self.tensors
+        return (int(t.shape[1]), 1) if t.dim() == 2 else (int(t.shape[1]), int(t[0, 0].numel()))
+
+    def count(self) -> int:
+        return int(self.tensors.shape[0])
+
+    def blocks(self) -> list[slice]:
+        return delta_row_blocks(*self.shape)
+
+    def rows(self, rows: slice) -> torch.Tensor:
+        return self.tensors.reshape(self.count(), *self.shape)[:, rows].clone()
+
+    def entries(self, flat: torch.Tensor) -> torch.Tensor:
+        return self.tensors.reshape(self.count(), -1)[:, flat]
 
 
 def weighted_sum(tensors: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -14,75 +70,145 @@ def weighted_sum(tensors: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return torch.tensordot(weights.to(tensors.dtype), tensors, dims=1)
 
 
+def combine_blocks(blocks: Iterator[tuple[slice, torch.Tensor]], combine: Callable[[torch.Tensor], torch.Tensor],
+                   shape: tuple[int, int]) -> torch.Tensor:
+    """The (d_out, d_in) tensor whose rows are `combine` of each (K, rows, d_in) block."""
+    out = torch.empty(shape)
+    for rows, block in blocks:
+        out[rows] = combine(block)
+    return out
+
+
 # Entries sampled (strided) to bracket the k-th largest magnitude before the exact selection.
 THRESHOLD_SAMPLE = 1 << 16
-# Elements per chunk of the streaming passes: a chunk's temporaries stay in cache, and at ATen's
-# grain size (32768) each op runs on one thread, which avoids thread hand-offs per chunk.
-CHUNK = 1 << 15
+@dataclass(frozen=True)
+class Cut:
+    """Where one task's top-k magnitudes end: `value` is the k-th largest |entry|, `above` entries
+    exceed it and `equal` entries equal it."""
+
+    value: torch.Tensor
+    above: int
+    equal: int
+    k: int
 
 
-def _chunks(n: int) -> list[slice]:
-    return [slice(i, min(i + CHUNK, n)) for i in range(0, n, CHUNK)]
+def magnitude_cuts(stack: StackedRows, k: int) -> list[Cut]:
+    """Each task's `Cut` for its k largest |entries| (1 ≤ k ≤ d_out·d_in), exactly.
 
-
-def kth_largest_magnitude(flat: torch.Tensor, k: int) -> tuple[torch.Tensor, int, int]:
-    """(c, n_above, n_equal): the k-th largest |entry| of the 1-D `flat` (1 ≤ k ≤ numel), exactly,
-    the number of entries with |x| > c and the number with |x| = c.
-
-    A strided sample brackets c; one streaming pass counts the entries above the bracket and keeps
-    those inside it, and only those are selected exactly (kthvalue): a few reads of the tensor
-    instead of a full sort. Falls back to a full kthvalue when the bracket misses.
+    A strided sample brackets each cut; one streaming pass counts the entries above the bracket and
+    keeps those inside it, and only those are selected exactly (kthvalue): a few reads instead of a
+    full sort. A task whose bracket misses falls back to a kthvalue over all its entries.
     """
-    n = flat.numel()
+    d_out, d_in = stack.shape
+    n, tasks = d_out * d_in, stack.count()
     step = max(1, n // THRESHOLD_SAMPLE)
-    sample = flat[::step].abs().sort(descending=True).values
-    m = sample.numel()
+    while math.gcd(step, d_in) > 1:  # else the sample would visit only some columns
+        step += 1
+    sample = stack.entries(torch.arange(0, n, step)).abs().sort(dim=1, descending=True).values
+    m = sample.shape[1]
     pos, margin = k * m / n, 4 * m**0.5 + 8
-    hi = sample[max(0, int(pos - margin))]
-    lo = sample[min(m - 1, int(pos + margin))]
-    above, inside = 0, []
-    for part in _chunks(n):
-        mag = flat[part].abs()
-        above += int(torch.count_nonzero(mag > hi))
-        inside.append(mag[(mag <= hi) & (mag >= lo)])
-    band = torch.cat(inside)
-    if not above < k <= above + band.numel():
-        above, band = 0, flat.abs()
-    cut = torch.kthvalue(band, band.numel() - (k - above) + 1).values
-    return cut, above + int(torch.count_nonzero(band > cut)), int(torch.count_nonzero(band == cut))
+    hi = sample[:, max(0, int(pos - margin))].unsqueeze(1)
+    lo = sample[:, min(m - 1, int(pos + margin))].unsqueeze(1)
+    above = torch.zeros(tasks, dtype=torch.int64)
+    inside, counts = [], []
+    for rows in stack.blocks():
+        mag = stack.rows(rows).abs_().reshape(tasks, -1)
+        above += (mag > hi).sum(dim=1)
+        in_band = (mag <= hi) & (mag >= lo)
+        inside.append(mag[in_band])  # task by task, as the rows of `mag`
+        counts.append(in_band.sum(dim=1))
+    per_task = torch.stack(counts, dim=1).tolist()
+    pieces = [torch.split(values, [row[i] for row in per_task]) for i, values in enumerate(inside)]
+    cuts = []
+    for task in range(tasks):
+        band, count_above = torch.cat([p[task] for p in pieces]), int(above[task])
+        if not count_above < k <= count_above + band.numel():
+            count_above = 0
+            band = torch.cat([stack.rows(rows)[task].abs().reshape(-1) for rows in stack.blocks()])
+        value = torch.kthvalue(band, band.numel() - (k - count_above) + 1).values
+        cuts.append(Cut(value, count_above + int(torch.count_nonzero(band > value)),
+                        int(torch.count_nonzero(band == value)), k))
+    return cuts
+
+
+class TopK:
+    """Applies every task's `Cut` block by block in flat order: entries above a cut stay, and of those
+    equal to it only the first ones until k are kept (lowest flat index; a full top-k sort leaves ties
+    unspecified)."""
+
+    def __init__(self, cuts: list[Cut]) -> None:
+        self.values = torch.stack([cut.value for cut in cuts]).reshape(-1, 1, 1)
+        # Tasks with more entries equal to the cut than places left, and how many places are left.
+        self.ties_left = {task: cut.k - cut.above for task, cut in enumerate(cuts) if cut.above + cut.equal > cut.k}
+
+    def apply(self, block: torch.Tensor) -> None:
+        """Zero, in place, the entries of the (K, rows, d_in) `block` outside each task's top k."""
+        mag = block.abs()
+        keep = mag >= self.values
+        for task, left in self.ties_left.items():
+            keep[task] = mag[task] > self.values[task]
+            if left > 0:
+                ties = (mag[task] == self.values[task]).reshape(-1).nonzero().squeeze(1)[:left]
+                keep[task].view(-1)[ties] = True
+                self.ties_left[task] = left - ties.numel()
+        block *= keep
+
+
+def trimmed_blocks(stack: StackedRows, density: float) -> Iterator[tuple[slice, torch.Tensor]]:
+    """(rows, block) with each task's ΔW trimmed to its int(density·numel) largest magnitudes (no rescale)."""
+    d_out, d_in = stack.shape
+    k = int(density * d_out * d_in)
+    top = TopK(magnitude_cuts(stack, k)) if k > 0 and density < 1 else None
+    for rows in stack.blocks():
+        block = stack.rows(rows)
+        if top is not None:
+            top.apply(block)
+        elif density < 1:  # k == 0: nothing kept
+            block *= 0
+        yield rows, block
+
+
+def dropped_blocks(stack: StackedRows, density: float, generator: torch.Generator,
+                   rescale: bool = True) -> Iterator[tuple[slice, torch.Tensor]]:
+    """(rows, block) with DARE applied: each entry kept with probability `density` (Bernoulli from
+    `generator`), rescaled by 1/density.
+
+    The masks are drawn task after task in flat order, as PEFT draws them from one generator over
+    whole tensors (same seed, same masks), and kept as booleans (one byte per entry and task).
+    """
+    masks = None
+    if density < 1:
+        masks = torch.empty(stack.count(), *stack.shape, dtype=torch.bool)
+        for task in range(stack.count()):
+            for rows in stack.blocks():
+                probs = torch.full((rows.stop - rows.start, stack.shape[1]), density)
+                masks[task, rows] = torch.bernoulli(probs, generator=generator).bool()
+    for rows in stack.blocks():
+        block = stack.rows(rows)
+        if masks is not None:
+            block *= masks[:, rows]
+            if rescale:
+                block /= density
+        yield rows, block
+
+
+def _dense_stack(tensor: torch.Tensor) -> DenseStack:
+    return DenseStack(tensor.reshape(1, tensor.shape[0], -1) if tensor.dim() > 1 else tensor.reshape(1, -1))
 
 
 def prune_magnitude(tensor: torch.Tensor, density: float) -> torch.Tensor:
-    """Keep the int(density·numel) entries of largest magnitude, zero the rest (no rescale).
-
-    Ties at the cut are broken by the lowest flat index (a full top-k sort leaves them unspecified).
-    """
-    if density >= 1:
-        return tensor
-    flat = tensor.reshape(-1)
-    k = int(density * flat.numel())
-    if k == 0:
-        return tensor * torch.zeros_like(tensor)
-    cut, n_above, n_equal = kth_largest_magnitude(flat, k)
-    out = torch.empty_like(flat)
-    for part in _chunks(flat.numel()):
-        torch.mul(flat[part], flat[part].abs() >= cut, out=out[part])
-    if n_above + n_equal > k:  # more entries equal the cut than places left: drop the later ones
-        parts = _chunks(flat.numel())
-        ties = torch.cat([(flat[p].abs() == cut).nonzero().squeeze(1) + p.start for p in parts])
-        out[ties[k - n_above :]] *= 0
-    return out.reshape(tensor.shape)
+    """Keep the int(density·numel) entries of largest magnitude of one dense tensor, zero the rest."""
+    stack = _dense_stack(tensor)
+    return combine_blocks(trimmed_blocks(stack, density), lambda b: b[0], stack.shape).reshape(tensor.shape)
 
 
 def prune_random(
     tensor: torch.Tensor, density: float, generator: torch.Generator, rescale: bool = True
 ) -> torch.Tensor:
-    """DARE: keep each entry with probability `density` (Bernoulli from `generator`), rescale by 1/density."""
-    if density >= 1:
-        return tensor
-    mask = torch.bernoulli(torch.full_like(tensor, density), generator=generator)
-    pruned = tensor * mask
-    return pruned / density if rescale else pruned
+    """DARE on one dense tensor: keep each entry with probability `density`, rescale by 1/density."""
+    stack = _dense_stack(tensor)
+    blocks = dropped_blocks(stack, density, generator, rescale)
+    return combine_blocks(blocks, lambda b: b[0], stack.shape).reshape(tensor.shape)
 
 
 def majority_sign_mask(tensors: torch.Tensor) -> torch.Tensor:
@@ -101,22 +227,6 @@ def disjoint_mean(weighted: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def ties_combine(trimmed: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Elect signs on the trimmed (K, ...) task tensors, weight them, take the disjoint mean.
-
-    Same result as disjoint_mean(trimmed · w, majority_sign_mask(trimmed)), computed chunk by chunk
-    of entries so that no second (K, ...) tensor is allocated and temporaries stay in cache.
-    """
-    stack = trimmed.reshape(trimmed.shape[0], -1)
-    weights = weights.to(trimmed.dtype)
-    out = torch.empty(stack.shape[1], dtype=trimmed.dtype)
-    for part in _chunks(stack.shape[1]):
-        chunk = stack[:, part]
-        majority = torch.where(chunk.sum(dim=0) >= 0, 1.0, -1.0)
-        total = torch.zeros_like(majority)
-        count = torch.zeros_like(majority)
-        for task, weight in zip(chunk, weights, strict=True):
-            agree = task.sign() == majority
-            total += task * weight * agree
-            count += agree
-        torch.div(total, count.clamp_(min=1), out=out[part])
-    return out.reshape(trimmed.shape[1:])
+    """Elect signs on the trimmed (K, ...) task tensors, weight them, take the disjoint mean."""
+    weighted = trimmed * weights.to(trimmed.dtype).reshape(-1, *[1] * (trimmed.dim() - 1))
+    return disjoint_mean(weighted, majority_sign_mask(trimmed))

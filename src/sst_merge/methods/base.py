@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from sst_merge.lora import LoraAdapter, LoraFactors
+from sst_merge.lora import LoraAdapter, LoraFactors, delta_row_blocks
 
 
 class MethodParams(BaseModel):
@@ -73,9 +73,29 @@ class ModuleInputs:
     generator: torch.Generator
     context: Any = None
 
-    def deltas(self) -> list[torch.Tensor]:
-        """Dense ΔW of every expert (zeros where an expert lacks the module)."""
-        return [f.delta() if f is not None else torch.zeros(self.shape) for f in self.experts]
+    # The experts' ΔW as a `merge_ops.StackedRows`: computed row block by row block, never all at once.
+    def count(self) -> int:
+        return len(self.experts)
+
+    def blocks(self) -> list[slice]:
+        return delta_row_blocks(*self.shape)
+
+    def rows(self, rows: slice) -> torch.Tensor:
+        """(K, len(rows), d_in): rows `rows` of every expert's ΔW (zeros where an expert lacks the module)."""
+        out = torch.zeros(len(self.experts), rows.stop - rows.start, self.shape[1])
+        for k, factors in enumerate(self.experts):
+            if factors is not None:
+                out[k] = factors.delta_rows(rows)
+        return out
+
+    def entries(self, flat: torch.Tensor) -> torch.Tensor:
+        """(K, len(flat)): every expert's ΔW at the flat indices `flat`, without forming ΔW."""
+        out = torch.zeros(len(self.experts), flat.numel())
+        row, col = flat // self.shape[1], flat % self.shape[1]
+        for k, factors in enumerate(self.experts):
+            if factors is not None:
+                out[k] = factors.scale * (factors.B[row] * factors.A[:, col].T).sum(dim=1)
+        return out
 
 
 @dataclass(frozen=True)

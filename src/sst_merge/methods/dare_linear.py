@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import torch
 
-from sst_merge.merge_ops import prune_random, weighted_sum
+from sst_merge.merge_ops import combine_blocks, dropped_blocks, weighted_sum
 from sst_merge.methods.base import Dense, MergeMethod, ModuleInputs, SeededSparsifyParams
 from sst_merge.methods.registry import register
 
 
 def dare_linear_module(inputs: ModuleInputs, params: SeededSparsifyParams) -> Dense:
     """peft.utils.merge_utils.dare_linear on the dense ΔW, with the module's seeded generator."""
-    dropped = torch.stack([prune_random(d, params.density, inputs.generator) for d in inputs.deltas()])
-    return Dense(weighted_sum(dropped, torch.tensor(inputs.weights)))
+    weights = torch.tensor(inputs.weights)
+    blocks = dropped_blocks(inputs, params.density, inputs.generator)
+    return Dense(combine_blocks(blocks, lambda block: weighted_sum(block, weights), inputs.shape))
 
 
 DARE_LINEAR = register(

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import torch
 
-from sst_merge.merge_ops import prune_magnitude, weighted_sum
+from sst_merge.merge_ops import combine_blocks, trimmed_blocks, weighted_sum
 from sst_merge.methods.base import Dense, MergeMethod, ModuleInputs, SparsifyParams
 from sst_merge.methods.registry import register
 
 
 def magnitude_prune_module(inputs: ModuleInputs, params: SparsifyParams) -> Dense:
     """peft.utils.merge_utils.magnitude_prune on the dense ΔW of each expert."""
-    trimmed = torch.stack([prune_magnitude(d, params.density) for d in inputs.deltas()])
-    return Dense(weighted_sum(trimmed, torch.tensor(inputs.weights)))
+    weights = torch.tensor(inputs.weights)
+    blocks = trimmed_blocks(inputs, params.density)
+    return Dense(combine_blocks(blocks, lambda block: weighted_sum(block, weights), inputs.shape))
 
 
 MAGNITUDE_PRUNE = register(

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import torch
 
-from sst_merge.merge_ops import prune_magnitude, ties_combine
+from sst_merge.merge_ops import combine_blocks, ties_combine, trimmed_blocks
 from sst_merge.methods.base import Dense, MergeMethod, ModuleInputs, SparsifyParams
 from sst_merge.methods.registry import register
 
 
 def ties_module(inputs: ModuleInputs, params: SparsifyParams) -> Dense:
     """peft.utils.merge_utils.ties on the dense ΔW of each expert (sign election "total")."""
-    trimmed = torch.stack([prune_magnitude(d, params.density) for d in inputs.deltas()])
-    return Dense(ties_combine(trimmed, torch.tensor(inputs.weights)))
+    weights = torch.tensor(inputs.weights)
+    blocks = trimmed_blocks(inputs, params.density)
+    return Dense(combine_blocks(blocks, lambda block: ties_combine(block, weights), inputs.shape))
 
 
 TIES = register(
