@@ -56,6 +56,13 @@ def svd_of_factored(B: torch.Tensor, A: torch.Tensor) -> SVDFactors:
     return SVDFactors(U=(QB @ U).float(), S=S.float(), Vh=(Vh @ QA.T).float())
 
 
+def svd_of_orthonormal(U: torch.Tensor, core: torch.Tensor, V: torch.Tensor) -> SVDFactors:
+    """SVD of ΔW = U core Vᵀ whose U (d_out, p) and V (d_in, q) have orthonormal columns: the core's
+    SVD (float64) rotated into the bases; no QR needed."""
+    Uc, S, Vh = torch.linalg.svd(core.double())
+    return SVDFactors(U=(U.double() @ Uc).float(), S=S.float(), Vh=(Vh @ V.T.double()).float())
+
+
 def svd_of_dense(delta: torch.Tensor) -> SVDFactors:
     """Thin SVD of the dense ΔW (d_out, d_in)."""
     U, S, Vh = torch.linalg.svd(delta.float(), full_matrices=False)

@@ -19,7 +19,7 @@ from sst_merge.atomic import atomic_output_dir, write_json_atomic
 from sst_merge.base_model import linear_shapes
 from sst_merge.errors import InputError, validation_message
 from sst_merge.lora import LoraAdapter, load_adapter, validate_against_base
-from sst_merge.lowrank import SVDFactors, svd_of_dense, svd_of_factored
+from sst_merge.lowrank import SVDFactors, svd_of_dense, svd_of_factored, svd_of_orthonormal
 from sst_merge.methods import get_method
 from sst_merge.methods.base import Factored, MergedDelta, MergeJob, MergeMethod, MethodParams, ModuleInputs
 from sst_merge.methods.base import module_generator as make_generator
@@ -244,7 +244,7 @@ def _write_peft(
     for name in track(job.modules, f"merging ({loaded.method.name})"):
         merged = merge_module(loaded, name, context)
         if isinstance(merged, Factored):
-            svds[name] = svd_of_factored(merged.B, merged.A)
+            svds[name] = svd_of_orthonormal(*merged.bases) if merged.bases else svd_of_factored(merged.B, merged.A)
         else:
             any_dense = True
             svds[name] = svd_of_dense(merged.delta)

@@ -44,10 +44,15 @@ class Dense:
 
 @dataclass(frozen=True)
 class Factored:
-    """A merged update kept low-rank: ΔW = B @ A with B (d_out, R), A (R, d_in), float32."""
+    """A merged update kept low-rank: ΔW = B @ A with B (d_out, R), A (R, d_in), float32.
+
+    `bases`, when given, is (U (d_out, p), core (p, q), V (d_in, q)) with orthonormal columns in U
+    and V, B = U core and A = Vᵀ: then ΔW's exact SVD needs only the small core's.
+    """
 
     B: torch.Tensor
     A: torch.Tensor
+    bases: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def dense(self) -> torch.Tensor:
         return self.B @ self.A
