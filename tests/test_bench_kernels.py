@@ -68,7 +68,8 @@ def test_stream_full_shard_equals_adding_the_deltas(tmp_path: Path):
     (tmp_path / "out").mkdir()
     save_file(base, str(tmp_path / "base" / "model.safetensors"), metadata={"format": "pt"})
     deltas = {"a.weight": torch.randn(5, 7, generator=gen), "b.weight": torch.randn(3, 4, generator=gen)}
-    changed = stream_full_shard(tmp_path / "base", tmp_path / "out", "model.safetensors", deltas.get)
+    changed = stream_full_shard(tmp_path / "base", tmp_path / "out", "model.safetensors",
+                                lambda name: deltas[name].clone() if name in deltas else None)
     out = load_file(str(tmp_path / "out" / "model.safetensors"))
     assert sorted(changed) == ["a.weight", "b.weight"]
     assert out["a.weight"].dtype == torch.bfloat16

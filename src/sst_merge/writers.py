@@ -117,6 +117,8 @@ def stream_full_shard(
 ) -> list[str]:
     """Copy one base shard to `out_dir`, adding ΔW = delta_of(name) (float32 arithmetic) where it is not None.
 
+    `delta_of` hands over a fresh float32 tensor: the sum is computed in its buffer.
+
     Written tensor by tensor in safetensors format (header first, from the base's shapes), so only
     one tensor and its ΔW are in memory at a time; the stored dtype of the base is kept. Returns
     the names that received a ΔW.
@@ -142,16 +144,8 @@ def stream_full_shard(
                 tensor = handle.get_tensor(name)
                 delta = delta_of(name)
                 if delta is not None:
-                    tensor = (tensor.float() + delta).to(tensor.dtype)
+                    # In place: ΔW is this call's own tensor, and its float32 buffer holds the sum.
+                    tensor = delta.add_(tensor).to(tensor.dtype)
                     changed.append(name)
                 sink.write(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().data)
     return changed
-
-
-def write_full_shard(base: Path, out_dir: Path, shard: str, deltas: dict[str, torch.Tensor]) -> None:
-    """Copy one base shard to `out_dir`, adding ΔW (float32 arithmetic) to the weights named in `deltas`.
-
-    `deltas` maps a tensor name (``model.layers.0.self_attn.q_proj.weight``) to its float32 ΔW; the
-    stored dtype of the base is kept.
-    """
-    stream_full_shard(base, out_dir, shard, deltas.get)
