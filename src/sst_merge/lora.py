@@ -58,15 +58,16 @@ class LoraFactors:
         """(d_out, d_in) of the ΔW this update adds."""
         return int(self.B.shape[0]), int(self.A.shape[1])
 
-    def delta_rows(self, rows: slice) -> torch.Tensor:
-        """Rows `rows` of ΔW, float32: one block of `delta_row_blocks`."""
-        return self.scale * (self.B[rows] @ self.A)
+    def delta_rows(self, rows: slice, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Rows `rows` of ΔW, float32 (one block of `delta_row_blocks`), written into `out` if given."""
+        out = torch.mm(self.B[rows], self.A, out=out)
+        return out.mul_(self.scale)
 
     def delta(self) -> torch.Tensor:
         """Dense ΔW (d_out, d_in), float32, computed block by block as the streaming merges compute it."""
         out = torch.empty(self.shape)
         for rows in delta_row_blocks(*self.shape):
-            out[rows] = self.delta_rows(rows)
+            self.delta_rows(rows, out=out[rows])
         return out
 
 

@@ -113,8 +113,9 @@ def magnitude_cuts(stack: StackedRows, k: int) -> list[Cut]:
     inside, counts = [], []
     for rows in stack.blocks():
         mag = stack.rows(rows).abs_().reshape(tasks, -1)
-        above += (mag > hi).sum(dim=1)
-        in_band = (mag <= hi) & (mag >= lo)
+        over = mag > hi
+        above += over.sum(dim=1)
+        in_band = (mag >= lo).logical_xor_(over)  # lo <= |x| <= hi, as lo <= hi
         inside.append(mag[in_band])  # task by task, as the rows of `mag`
         counts.append(in_band.sum(dim=1))
     per_task = torch.stack(counts, dim=1).tolist()

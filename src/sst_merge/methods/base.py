@@ -87,10 +87,12 @@ class ModuleInputs:
 
     def rows(self, rows: slice) -> torch.Tensor:
         """(K, len(rows), d_in): rows `rows` of every expert's ΔW (zeros where an expert lacks the module)."""
-        out = torch.zeros(len(self.experts), rows.stop - rows.start, self.shape[1])
+        out = torch.empty(len(self.experts), rows.stop - rows.start, self.shape[1])
         for k, factors in enumerate(self.experts):
-            if factors is not None:
-                out[k] = factors.delta_rows(rows)
+            if factors is None:
+                out[k] = 0
+            else:
+                factors.delta_rows(rows, out=out[k])
         return out
 
     def entries(self, flat: torch.Tensor) -> torch.Tensor:
