@@ -9,7 +9,8 @@ import torch
 from peft.utils import merge_utils
 from safetensors.torch import load_file, save_file
 
-from sst_merge import lora, merge_ops
+from sst_merge import lora, merge_ops, writers
+from sst_merge.errors import InputError
 from sst_merge.lora import LoraFactors
 from sst_merge.methods.base import ModuleInputs, SeededSparsifyParams, SparsifyParams, module_generator
 from sst_merge.methods.dare_linear import dare_linear_module
@@ -57,7 +58,9 @@ def test_prune_falls_back_when_the_sample_misleads():
     assert torch.equal(merge_ops.prune_magnitude(flat, 0.25), topk_prune(flat, 0.25))
 
 
-def test_stream_full_shard_equals_adding_the_deltas(tmp_path: Path):
+@pytest.mark.parametrize("chunk", [16, 64 << 20])  # bytes read at a time: a row per read, or the whole tensor
+def test_stream_full_shard_equals_adding_the_deltas(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int):
+    monkeypatch.setattr(writers, "COPY_CHUNK", chunk)
     gen = torch.Generator().manual_seed(3)
     base = {
         "a.weight": torch.randn(5, 7, generator=gen).to(torch.bfloat16),
@@ -121,3 +124,17 @@ def test_trimming_breaks_ties_at_the_cut_by_flat_index_across_blocks(monkeypatch
         keep[(mag == cut).nonzero().squeeze(1)[: k - int(keep.sum())]] = True
         assert int((mag == cut).sum()) > k - int((mag > cut).sum())  # the case: more ties than places
         assert torch.equal(trimmed[task].reshape(-1), flat * keep)
+
+
+def test_stream_full_shard_names_a_corrupt_or_truncated_base(tmp_path: Path):
+    (tmp_path / "base").mkdir()
+    (tmp_path / "out").mkdir()
+    shard = tmp_path / "base" / "model.safetensors"
+    shard.write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{oops")
+    with pytest.raises(InputError, match="not a safetensors file") as err:
+        stream_full_shard(tmp_path / "base", tmp_path / "out", shard.name, lambda name: None)
+    assert str(shard) in str(err.value)
+    save_file({"w.weight": torch.ones(64, 64)}, str(shard))
+    shard.write_bytes(shard.read_bytes()[:-100])
+    with pytest.raises(InputError, match="truncated"):
+        stream_full_shard(tmp_path / "base", tmp_path / "out", shard.name, lambda name: torch.zeros(64, 64))

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import struct
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from sst_merge.errors import InputError
@@ -93,8 +92,8 @@ def base_weight_shards(base: Path) -> dict[str, list[str]]:
         return dict(shards)
     single = base / "model.safetensors"
     if single.is_file():
-        with safe_open(str(single), framework="pt") as handle:
-            return {single.name: list(handle.keys())}
+        _, header = read_safetensors_header(single)
+        return {single.name: [name for name in header if name != "__metadata__"]}
     raise InputError("no model.safetensors or model.safetensors.index.json (full output needs safetensors)", base)
 
 
@@ -108,8 +107,27 @@ def copy_model_files(base: Path, out_dir: Path) -> None:
         shutil.copy2(index, out_dir / index.name)
 
 
-# Bytes per element of the safetensors dtype codes a checkpoint may store.
-_ITEM_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+# Bytes per element of the safetensors dtype codes a checkpoint may store, and their torch dtypes.
+_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+# Unchanged tensors are copied as bytes in pieces of this size.
+COPY_CHUNK = 64 << 20
+
+
+def read_safetensors_header(path: Path) -> tuple[int, dict[str, Any]]:
+    """(offset of the data section, header) of a safetensors file, read without mapping the file."""
+    try:
+        with open(path, "rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(length))
+    except (struct.error, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"not a safetensors file ({exc})", path) from exc
+    if not isinstance(header, dict):
+        raise InputError("not a safetensors file (header is not a mapping)", path)
+    return 8 + length, header
 
 
 def stream_full_shard(
@@ -117,35 +135,60 @@ def stream_full_shard(
 ) -> list[str]:
     """Copy one base shard to `out_dir`, adding ΔW = delta_of(name) (float32 arithmetic) where it is not None.
 
-    `delta_of` hands over a fresh float32 tensor: the sum is computed in its buffer.
-
-    Written tensor by tensor in safetensors format (header first, from the base's shapes), so only
-    one tensor and its ΔW are in memory at a time; the stored dtype of the base is kept. Returns
-    the names that received a ΔW.
+    `delta_of` hands over a fresh float32 tensor: the sum is computed in its buffer. The shard is read
+    with plain reads, in the order of its data (no memory map, whose pages would count against the
+    process), and written tensor by tensor: unchanged tensors as bytes, changed ones by row chunks, so
+    little more than one ΔW is in memory at a time; the stored dtype of the base is kept. Returns the
+    names that received a ΔW.
     """
-    with safe_open(str(base / shard), framework="pt") as handle:
-        metadata = handle.metadata() or {"format": "pt"}
-        names = list(handle.keys())
-        header: dict[str, object] = {"__metadata__": metadata}
-        offset = 0
+    source_path = base / shard
+    data_start, header = read_safetensors_header(source_path)
+    metadata = header.pop("__metadata__", None) or {"format": "pt"}
+    names = sorted(header, key=lambda name: header[name]["data_offsets"][0])
+    out_header: dict[str, object] = {"__metadata__": metadata}
+    offset = 0
+    for name in names:
+        size = header[name]["data_offsets"][1] - header[name]["data_offsets"][0]
+        out_header[name] = {"dtype": header[name]["dtype"], "shape": header[name]["shape"],
+                            "data_offsets": [offset, offset + size]}
+        offset += size
+    encoded = json.dumps(out_header, separators=(",", ":")).encode("utf-8")
+    encoded += b" " * (-len(encoded) % 8)
+    changed = []
+    with open(source_path, "rb") as source, open(out_dir / shard, "wb") as sink:
+        sink.write(struct.pack("<Q", len(encoded)))
+        sink.write(encoded)
         for name in names:
-            part = handle.get_slice(name)
-            dtype, shape = part.get_dtype(), part.get_shape()
-            size = math.prod(shape) * _ITEM_BYTES[dtype]
-            header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
-            offset += size
-        encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
-        encoded += b" " * (-len(encoded) % 8)
-        changed = []
-        with open(out_dir / shard, "wb") as sink:
-            sink.write(struct.pack("<Q", len(encoded)))
-            sink.write(encoded)
-            for name in names:
-                tensor = handle.get_tensor(name)
-                delta = delta_of(name)
-                if delta is not None:
-                    # In place: ΔW is this call's own tensor, and its float32 buffer holds the sum.
-                    tensor = delta.add_(tensor).to(tensor.dtype)
-                    changed.append(name)
-                sink.write(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().data)
+            info = header[name]
+            begin, end = info["data_offsets"]
+            source.seek(data_start + begin)
+            delta = delta_of(name)
+            if delta is None:
+                left = end - begin
+                while left:
+                    piece = source.read(min(COPY_CHUNK, left))
+                    if not piece:
+                        raise InputError(f"truncated safetensors file (tensor {name})", source_path)
+                    sink.write(piece)
+                    left -= len(piece)
+                continue
+            if info["dtype"] not in _DTYPES:
+                raise InputError(f"cannot add ΔW to tensor {name} of dtype {info['dtype']}", source_path)
+            dtype, shape = _DTYPES[info["dtype"]], info["shape"]
+            if list(delta.shape) != shape:
+                raise InputError(f"ΔW of {name} has shape {list(delta.shape)}, the base tensor {shape}", source_path)
+            # Row chunks of the base are read, summed and written in turn: neither the base tensor nor
+            # the merged one is ever whole in memory, only ΔW.
+            rows = delta.reshape(shape[0] if shape else 1, -1)
+            row_bytes = (end - begin) // max(rows.shape[0], 1)
+            step = max(1, COPY_CHUNK // max(row_bytes, 1))
+            for first in range(0, rows.shape[0], step):
+                part = rows[first : first + step]
+                buffer = bytearray(part.shape[0] * row_bytes)
+                if source.readinto(buffer) != len(buffer):
+                    raise InputError(f"truncated safetensors file (tensor {name})", source_path)
+                if buffer:
+                    merged = part.add_(torch.frombuffer(buffer, dtype=dtype).reshape(part.shape)).to(dtype)
+                    sink.write(merged.reshape(-1).view(torch.uint8).numpy().data)
+            changed.append(name)
     return changed
