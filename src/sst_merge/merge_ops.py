@@ -81,6 +81,8 @@ def combine_blocks(blocks: Iterator[tuple[slice, torch.Tensor]], combine: Callab
 
 # Entries sampled (strided) to bracket the k-th largest magnitude before the exact selection.
 THRESHOLD_SAMPLE = 1 << 16
+
+
 @dataclass(frozen=True)
 class Cut:
     """Where one task's top-k magnitudes end: `value` is the k-th largest |entry|, `above` entries
