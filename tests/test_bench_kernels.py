@@ -138,3 +138,15 @@ def test_stream_full_shard_names_a_corrupt_or_truncated_base(tmp_path: Path):
     shard.write_bytes(shard.read_bytes()[:-100])
     with pytest.raises(InputError, match="truncated"):
         stream_full_shard(tmp_path / "base", tmp_path / "out", shard.name, lambda name: torch.zeros(64, 64))
+
+
+def test_dropped_blocks_draw_peft_masks_for_more_than_eight_tasks(monkeypatch: pytest.MonkeyPatch):
+    """Masks are kept as bits, eight tasks to a byte: ten tasks use two bytes and still draw PEFT's masks."""
+    monkeypatch.setattr(lora, "DELTA_BLOCK_ENTRIES", 333)
+    tensors = torch.randn(10, 40, 50, generator=torch.Generator().manual_seed(7))
+    blocks = merge_ops.dropped_blocks(merge_ops.DenseStack(tensors), 0.3, torch.Generator().manual_seed(8))
+    dropped = torch.cat([block for _, block in blocks], dim=1)
+    reference = torch.Generator().manual_seed(8)
+    for task in range(10):
+        mask = torch.bernoulli(torch.full_like(tensors[task], 0.3), generator=reference)
+        assert torch.equal(dropped[task], tensors[task] * mask / 0.3)
