@@ -8,7 +8,7 @@ import struct
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from safetensors.torch import save_file
@@ -107,7 +107,7 @@ def copy_model_files(base: Path, out_dir: Path) -> None:
         shutil.copy2(index, out_dir / index.name)
 
 
-# Bytes per element of the safetensors dtype codes a checkpoint may store, and their torch dtypes.
+# The torch dtypes of the safetensors dtype codes a checkpoint may store.
 _DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
@@ -128,6 +128,14 @@ def read_safetensors_header(path: Path) -> tuple[int, dict[str, Any]]:
     if not isinstance(header, dict):
         raise InputError("not a safetensors file (header is not a mapping)", path)
     return 8 + length, header
+
+
+def _read_exactly(source: BinaryIO, size: int, name: str, path: Path) -> bytearray:
+    """The next `size` bytes of `source` (tensor `name` of the file `path`); a short read is an InputError."""
+    buffer = bytearray(size)
+    if source.readinto(buffer) != size:
+        raise InputError(f"truncated safetensors file (tensor {name})", path)
+    return buffer
 
 
 def stream_full_shard(
@@ -164,13 +172,8 @@ def stream_full_shard(
             source.seek(data_start + begin)
             delta = delta_of(name)
             if delta is None:
-                left = end - begin
-                while left:
-                    piece = source.read(min(COPY_CHUNK, left))
-                    if not piece:
-                        raise InputError(f"truncated safetensors file (tensor {name})", source_path)
-                    sink.write(piece)
-                    left -= len(piece)
+                for first in range(begin, end, COPY_CHUNK):
+                    sink.write(_read_exactly(source, min(COPY_CHUNK, end - first), name, source_path))
                 continue
             if info["dtype"] not in _DTYPES:
                 raise InputError(f"cannot add ΔW to tensor {name} of dtype {info['dtype']}", source_path)
@@ -184,9 +187,7 @@ def stream_full_shard(
             step = max(1, COPY_CHUNK // max(row_bytes, 1))
             for first in range(0, rows.shape[0], step):
                 part = rows[first : first + step]
-                buffer = bytearray(part.shape[0] * row_bytes)
-                if source.readinto(buffer) != len(buffer):
-                    raise InputError(f"truncated safetensors file (tensor {name})", source_path)
+                buffer = _read_exactly(source, part.shape[0] * row_bytes, name, source_path)
                 if buffer:
                     merged = part.add_(torch.frombuffer(buffer, dtype=dtype).reshape(part.shape)).to(dtype)
                     sink.write(merged.reshape(-1).view(torch.uint8).numpy().data)
