@@ -58,7 +58,7 @@ def test_prune_falls_back_when_the_sample_misleads():
     assert torch.equal(merge_ops.prune_magnitude(flat, 0.25), topk_prune(flat, 0.25))
 
 
-@pytest.mark.parametrize("chunk", [16, 64 << 20])  # bytes read at a time: a row per read, or the whole tensor
+@pytest.mark.parametrize("chunk", [8, 16, 64 << 20])  # bytes read at a time: less than a row, a row, the whole tensor
 def test_stream_full_shard_equals_adding_the_deltas(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int):
     monkeypatch.setattr(writers, "COPY_CHUNK", chunk)
     gen = torch.Generator().manual_seed(3)

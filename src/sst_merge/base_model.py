@@ -3,16 +3,36 @@
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Collection, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
 from sst_merge.errors import InputError
+from sst_merge.writers import read_safetensors_header
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+SAFETENSORS_FILE = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
 
 
 def read_base_config(path: str | Path) -> PretrainedConfig:
     """Load the Hugging Face config of the local base model directory `path`."""
+    from transformers import AutoConfig  # imported here: a merge that needs no model class skips transformers
+
+    cfg_file = _config_file(path)
+    try:
+        return AutoConfig.from_pretrained(str(path), local_files_only=True)
+    except (ValueError, KeyError, OSError) as exc:
+        raise InputError(f"cannot read model config ({exc})", cfg_file) from exc
+
+
+def _config_file(path: str | Path) -> Path:
+    """The config.json of the base model directory `path`, checked to exist and to be JSON."""
     path = Path(path)
     if not path.is_dir():
         raise InputError("base model directory not found", path)
@@ -21,9 +41,9 @@ def read_base_config(path: str | Path) -> PretrainedConfig:
         raise InputError("missing config.json: not a Hugging Face model directory", path)
     try:
         json.loads(cfg_file.read_text(encoding="utf-8"))
-        return AutoConfig.from_pretrained(str(path), local_files_only=True)
-    except (json.JSONDecodeError, ValueError, KeyError, OSError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read model config ({exc})", cfg_file) from exc
+    return cfg_file
 
 
 def linear_shapes(path: str | Path) -> dict[str, tuple[int, int]]:
@@ -31,6 +51,8 @@ def linear_shapes(path: str | Path) -> dict[str, tuple[int, int]]:
 
     The model is instantiated on the meta device: no weight is read or allocated.
     """
+    from transformers import AutoModelForCausalLM
+
     config = read_base_config(path)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
@@ -39,3 +61,52 @@ def linear_shapes(path: str | Path) -> dict[str, tuple[int, int]]:
         for name, module in model.named_modules()
         if isinstance(module, torch.nn.Linear)
     }
+
+
+def stored_weight_shapes(path: str | Path) -> dict[str, tuple[int, int]] | None:
+    """{module: (d_out, d_in)} of every 2-D `<module>.weight` in the base's safetensors files, read from
+    their headers; None when the base has no safetensors checkpoint."""
+    path = Path(path)
+    if (path / SAFETENSORS_INDEX).is_file():
+        index = path / SAFETENSORS_INDEX
+        try:
+            files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise InputError(f"corrupt safetensors index ({exc})", index) from exc
+    elif (path / SAFETENSORS_FILE).is_file():
+        files = [SAFETENSORS_FILE]
+    else:
+        return None
+    shapes = {}
+    for name in files:
+        shard = path / name
+        if not shard.is_file():
+            raise InputError(f"shard {name} named by the index is missing", path / SAFETENSORS_INDEX)
+        _, header = read_safetensors_header(shard)
+        for tensor, info in header.items():
+            shape = info.get("shape") if isinstance(info, dict) else None
+            if tensor.endswith(".weight") and isinstance(shape, list) and len(shape) == 2:
+                shapes[tensor.removesuffix(".weight")] = (int(shape[0]), int(shape[1]))
+    return shapes
+
+
+def adapted_module_shapes(path: str | Path, modules: Collection[str]) -> dict[str, tuple[int, int]]:
+    """(d_out, d_in) of the base's Linear modules, to check adapters that adapt `modules` against.
+
+    Read from the safetensors headers when they hold a 2-D weight for every one of `modules`: no model
+    class is imported, which was most of a merge's start-up (fan_in_fan_out adapters, whose base weight
+    is stored transposed, are refused when loaded). Otherwise (a .bin checkpoint, a tied weight the
+    files do not store) from the model class on the meta device. Keys come in natural name order
+    (layer 2 before layer 10) whichever way they were read, so both give jobs the same module order.
+    """
+    _config_file(path)
+    shapes = stored_weight_shapes(path)
+    if shapes is None or not set(modules) <= set(shapes):
+        shapes = linear_shapes(path)
+    return {name: shapes[name] for name in natural_order(shapes)}
+
+
+def natural_order(names: Iterable[str]) -> list[str]:
+    """`names` sorted with digit runs compared as numbers: model.layers.2 before model.layers.10."""
+    return sorted(names, key=lambda name: [(0, int(part), "") if part.isdigit() else (1, 0, part)
+                                           for part in re.split(r"(\d+)", name)])

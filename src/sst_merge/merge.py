@@ -16,9 +16,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sst_merge.atomic import atomic_output_dir, write_json_atomic
-from sst_merge.base_model import linear_shapes
+from sst_merge.base_model import adapted_module_shapes
 from sst_merge.errors import InputError, validation_message
-from sst_merge.lora import LoraAdapter, load_adapter, validate_against_base
+from sst_merge.lora import load_adapter, validate_against_base
 from sst_merge.lowrank import SVDFactors, svd_of_dense, svd_of_factored, svd_of_orthonormal
 from sst_merge.methods import get_method
 from sst_merge.methods.base import Factored, MergedDelta, MergeJob, MergeMethod, MethodParams, ModuleInputs
@@ -128,21 +128,24 @@ class LoadedInputs:
     params: MethodParams
 
 
+def load_job(base: Path, adapter_paths: list[Path], weights: list[float] | None) -> MergeJob:
+    """Read every adapter and the base's shapes, check they fit; the modules come in the base's natural order."""
+    weights = weights if weights is not None else [1.0] * len(adapter_paths)
+    if len(weights) != len(adapter_paths):
+        raise InputError(f"{len(weights)} weights given for {len(adapter_paths)} adapters")
+    adapters = [load_adapter(path) for path in adapter_paths]
+    adapted = set().union(*(a.modules for a in adapters))
+    shapes = adapted_module_shapes(base, adapted)
+    for adapter in adapters:
+        validate_against_base(adapter, shapes)
+    modules = [name for name in shapes if name in adapted]
+    return MergeJob(base=Path(base), adapters=adapters, weights=list(weights), modules=modules, shapes=shapes)
+
+
 def load_inputs(config: MergeConfig) -> LoadedInputs:
     """Validate the config, read the base's shapes and every adapter, check they fit (no heavy work)."""
     method, params = resolve_params(config)
-    weights = config.weights if config.weights is not None else [1.0] * len(config.adapters)
-    if len(weights) != len(config.adapters):
-        raise InputError(f"{len(weights)} weights given for {len(config.adapters)} adapters")
-    shapes = linear_shapes(config.base)
-    adapters: list[LoraAdapter] = []
-    for path in config.adapters:
-        adapter = load_adapter(path)
-        validate_against_base(adapter, shapes)
-        adapters.append(adapter)
-    adapted = set().union(*(a.modules for a in adapters))
-    modules = [name for name in shapes if name in adapted]  # the base model's order
-    job = MergeJob(base=Path(config.base), adapters=adapters, weights=weights, modules=modules, shapes=shapes)
+    job = load_job(config.base, config.adapters, config.weights)
     return LoadedInputs(job=job, method=method, params=params)
 
 

@@ -14,12 +14,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from sst_merge.base_model import linear_shapes
 from sst_merge.distributed import all_reduce_factors, init_from_env
-from sst_merge.errors import InputError
 from sst_merge.fisher import save_factors
-from sst_merge.lora import load_adapter, validate_against_base
-from sst_merge.methods.base import MergeJob
+from sst_merge.merge import load_job
 from sst_merge.methods.fisher_setup import FisherParams, factor_sets, identity, job_subspaces, load_extra_adapter
 
 
@@ -54,18 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Compute (or, from the cache, read) the factors and write them; under torchrun only rank 0 writes."""
     started = time.perf_counter()
-    shapes = linear_shapes(args.base)
-    adapters = []
-    for path in args.adapters:
-        adapter = load_adapter(path)
-        validate_against_base(adapter, shapes)
-        adapters.append(adapter)
-    weights = [float(w) for w in args.weights.split(",")] if args.weights else [1.0] * len(adapters)
-    if len(weights) != len(adapters):
-        raise InputError(f"{len(weights)} weights given for {len(adapters)} adapters")
-    adapted = set().union(*(a.modules for a in adapters))
-    job = MergeJob(base=args.base, adapters=adapters, weights=weights,
-                   modules=[m for m in shapes if m in adapted], shapes=shapes)
+    weights = [float(w) for w in args.weights.split(",")] if args.weights else None
+    job = load_job(args.base, args.adapters, weights)  # the same job, so the same cache key, as the merge's
     extra = [load_extra_adapter(args.safety_adapter, job)] if args.safety_adapter else []
     params = FisherParams(safety_data=args.data, fisher_kind=args.kind, fisher_at=args.at,
                           fisher_max_examples=args.max_examples, fisher_max_length=args.max_length,
