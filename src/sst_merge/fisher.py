@@ -180,22 +180,24 @@ class FIMCalculator:
             device = self.modules[name].weight.device
             self.bases[name] = (U.float().to(device), V.float().to(device))
         self.factors = {name: KFACFactors.zeros(U.shape[1], V.shape[1]) for name, (U, V) in bases.items()}
-        self._mask: torch.Tensor | None = None
+        self._rows: torch.Tensor | None = None  # flat indices of the batch's real (unpadded) tokens
 
     def _record(self, name: str, x: torch.Tensor, y: torch.Tensor) -> None:
         U, V = self.bases[name]
-        mask = self._mask.to(x.device)
-        xt = (x.detach().float() @ V)[mask].double()  # (tokens, q)
+        rows = self._rows.to(x.device)
+        # Only the real tokens are projected: their flat indices are found once per batch, which
+        # was a third of the hooks' time on the testbed (a boolean mask per module and direction).
+        xt = (x.detach().reshape(-1, x.shape[-1]).index_select(0, rows).float() @ V).double()  # (tokens, q)
         if not y.requires_grad:
             return
 
         def on_grad(g: torch.Tensor) -> None:
-            gt = (g.float() @ U)[mask].double()  # (tokens, p)
+            gt = (g.reshape(-1, g.shape[-1]).index_select(0, rows).float() @ U).double()  # (tokens, p)
             f = self.factors[name]
             f.A_sum += (xt.T @ xt).cpu()
             f.G_sum += (gt.T @ gt).cpu()
             f.diag_sum += ((gt * gt).T @ (xt * xt)).cpu()
-            f.tokens += float(mask.sum())
+            f.tokens += float(rows.numel())
 
         y.register_hook(on_grad)
 
@@ -226,14 +228,14 @@ class FIMCalculator:
         device = self.model.get_input_embeddings().weight.device
         ids, attn = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         labels = batch["labels"].to(device)
-        self._mask = attn.bool()
+        self._rows = attn.reshape(-1).nonzero().squeeze(1)
         logits = self.model(input_ids=ids, attention_mask=attn).logits
         if kind == "true":
             labels = sample_labels(logits, labels, generators)
         loss = response_nll(logits, labels)
         if loss.requires_grad:
             loss.backward()
-        self._mask = None
+        self._rows = None
 
     def run(
         self,
