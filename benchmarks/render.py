@@ -44,6 +44,10 @@ def merge_table(rows: list[dict]) -> list[str]:
                     f"{r['copy_bandwidth_bytes_per_s'] / 1e9:.2f} GB/s")
             if ours and ours.get("wall_s_median"):
                 ratio = f"ours at {ours['wall_s_median'] / wall:.0f}× the floor"
+            if r.get("file_copy_s_median"):
+                note += f"; as files (read, then write through the page cache): {r['file_copy_s_median']:.3g} s"
+                if ours and ours.get("wall_s_median"):
+                    ratio += f", {ours['wall_s_median'] / r['file_copy_s_median']:.0f}× the file copy"
         if r.get("merge_dtype"):
             note = f"merge dtype {r['merge_dtype']}; {note}"
         if r.get("rel_err_note"):

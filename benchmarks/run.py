@@ -197,6 +197,30 @@ def copy_bandwidth(n_bytes: int = 512 << 20, runs: int = 5) -> float:
     return n_bytes / times[len(times) // 2]
 
 
+def file_floor_seconds(sources: list[Path], write_bytes: int, scratch: Path, runs: int = 5) -> float:
+    """Median seconds to read every file of `sources` and write `write_bytes` of them to a new file
+    (through the page cache, one reused 64 MB buffer, as the full writer does): the floor of a merge
+    that must read its inputs and write its output as files."""
+    buffer = bytearray(64 << 20)
+    view = memoryview(buffer)
+    times = []
+    for _ in range(runs + 1):
+        target = scratch / "floor-copy.bin"
+        left = write_bytes
+        tick = time.perf_counter()
+        with open(target, "wb") as sink:
+            for path in sources:
+                with open(path, "rb", buffering=0) as source:
+                    while n := source.readinto(buffer):
+                        if left > 0:
+                            sink.write(view[: min(n, left)])
+                            left -= min(n, left)
+        times.append(time.perf_counter() - tick)
+        target.unlink()
+    times = sorted(times[1:])
+    return times[len(times) // 2]
+
+
 def stage_floor(args: argparse.Namespace) -> None:
     """Bytes each merge must read and write, and that volume at the measured copy bandwidth."""
     bandwidth = copy_bandwidth()
@@ -210,12 +234,15 @@ def stage_floor(args: argparse.Namespace) -> None:
                     continue
                 read = adapter_bytes + (fixtures.model_bytes(base) if fmt == "full" else 0)
                 written = fixtures.model_bytes(out)
+                sources = [p for d in adapters + ([base] if fmt == "full" else []) for p in d.glob("*.safetensors")]
+                file_s = file_floor_seconds(sources, written, args.work)
                 save_row(
                     args.work,
                     f"merge__{method}__floor__{fmt}__{layers}L",
                     {"bench": "merge", "method": method, "tool": "floor", "format": fmt, "layers": layers,
                      "bytes_read": read, "bytes_written": written, "copy_bandwidth_bytes_per_s": bandwidth,
-                     "wall_s_median": (read + written) / bandwidth, "peak_rss_bytes": None,
+                     "wall_s_median": (read + written) / bandwidth, "file_copy_s_median": file_s,
+                     "peak_rss_bytes": None,
                      "rel_err_vs_ours": None, "n_runs": 5},
                 )
 
@@ -223,9 +250,11 @@ def stage_floor(args: argparse.Namespace) -> None:
 def stage_sst(args: argparse.Namespace) -> None:
     """SST-Merge cost breakdown (benchmarks/bench_sst.py, one process per model) into raw sst__ rows."""
     plans = [
-        ("testbed", "k", ["--k", "8", "16", "24", "--examples", "32"]),
-        ("testbed", "tokens", ["--k", "8", "--examples", "64"]),
-        ("7b-layer", "k", ["--k", "8", "--examples", "4", "--seq-len", "64", "--batch", "4"]),
+        # 128 examples of 64 tokens: about what the testbed experiments' 256 short chat rows hold.
+        ("testbed", "k", ["--k", "8", "16", "24", "--examples", "128"]),
+        ("testbed", "tokens", ["--k", "8", "--examples", "32", "512"]),
+        ("7b-layer", "k", ["--k", "8", "16", "24", "--examples", "16", "--seq-len", "64", "--batch", "4"]),
+        ("7b-layer", "tokens", ["--k", "8", "--examples", "4", "64", "--seq-len", "64", "--batch", "4"]),
     ]
     for model, sweep, extra in plans:
         done = args.work / "raw" / f"sst__{model}__{sweep}.done"

@@ -49,3 +49,36 @@ def test_small_adapter_directions_are_kept() -> None:
     gen = torch.Generator().manual_seed(1)
     big, small = torch.randn(8, 2, generator=gen), torch.randn(8, 2, generator=gen) * 1e-6
     assert union_basis([big, small], 8).shape[1] == 4
+
+
+def _svd_span(stacked: torch.Tensor, rtol: float) -> torch.Tensor:
+    """Reference: the left singular vectors of the column-normalised stack above rtol·S₀."""
+    stacked = stacked / stacked.norm(dim=0)
+    U, S, _ = torch.linalg.svd(stacked, full_matrices=False)
+    return U[:, : int((rtol * S[0] < S).sum())]
+
+
+def test_union_basis_spans_what_a_thin_svd_spans() -> None:
+    """The Gram + Cholesky-QR basis: orthonormal, same rank and span as the SVD's, also when the
+    spectrum spreads to 3e-6 (its squared condition number is near float64's limit) and when there
+    are more columns than dimensions."""
+    gen = torch.Generator().manual_seed(2)
+    Q, _ = torch.linalg.qr(torch.randn(300, 30, generator=gen, dtype=torch.float64))
+    spread = Q * torch.logspace(0, -5.5, 30, dtype=torch.float64)
+    spread = spread @ torch.linalg.qr(torch.randn(30, 30, generator=gen, dtype=torch.float64))[0]
+    wide = torch.randn(40, 96, generator=gen, dtype=torch.float64)
+    for stacked in (spread, wide):
+        basis = union_basis([stacked[:, :10], stacked[:, 10:]], stacked.shape[0]).double()
+        reference = _svd_span(stacked, 1e-6)
+        assert basis.shape == reference.shape
+        torch.testing.assert_close(basis.T @ basis, torch.eye(basis.shape[1], dtype=torch.float64), atol=1e-6, rtol=0)
+        assert (basis @ basis.T - reference @ reference.T).norm() < 1e-5
+
+
+def test_union_basis_rank_threshold() -> None:
+    """Directions with singular value 1e-5 of the largest are kept; those at 1e-8 are not."""
+    gen = torch.Generator().manual_seed(3)
+    Q, _ = torch.linalg.qr(torch.randn(50, 3, generator=gen, dtype=torch.float64))
+    mixed = Q * torch.tensor([1.0, 1e-5, 1e-8], dtype=torch.float64)
+    mixed = mixed @ torch.linalg.qr(torch.randn(3, 3, generator=gen, dtype=torch.float64))[0]
+    assert union_basis([mixed], 50).shape[1] == 2

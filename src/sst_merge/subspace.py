@@ -16,6 +16,9 @@ from sst_merge.lora import LoraFactors
 # Singular values of the stacked (column-normalised) factors below this fraction of the largest are
 # treated as zero: the union's numerical rank.
 RANK_RTOL = 1e-6
+# Which orthonormal basis of the union `union_basis` returns. Fisher factors are expressed in it, so
+# cached factors of another basis must not be reused: this goes into their cache key.
+BASIS_KIND = "gram-eigh-cholqr/1"
 
 
 @dataclass(frozen=True)
@@ -46,19 +49,31 @@ def union_basis(mats: Sequence[torch.Tensor], dim: int, rtol: float = RANK_RTOL)
     """Orthonormal basis (dim, n) of the span of the columns of all `mats` (each (dim, r_k)).
 
     Each column is scaled to unit norm first, so an adapter with small weights still contributes its
-    directions; the rank is decided by an SVD in float64 with relative tolerance `rtol`.
+    directions. Rank and directions come from the small Gram matrix (n, n) in float64: singular
+    values S = √eigenvalues of the column-normalised Gram, kept where S > rtol·S₀ (rtol² = 1e-12
+    is far above float64's 1e-16, so the squared spectrum still decides the rank). The kept
+    directions X E / S are orthonormal up to ε·(S₀/S)², which one Cholesky-QR pass removes. Only
+    tall (dim, n) products touch the big matrix: a LAPACK SVD of it was most of the subspace's time
+    on 7B-shaped modules.
     """
-    cols = [m.double() for m in mats if m.numel()]
+    cols = [m for m in mats if m.numel()]
     if not cols:
         return torch.zeros(dim, 0)
-    stacked = torch.cat(cols, dim=1)
-    norms = stacked.norm(dim=0)
-    stacked = stacked[:, norms > 0] / norms[norms > 0]
-    if stacked.shape[1] == 0:
+    stacked = torch.cat(cols, dim=1).double()
+    gram = stacked.T @ stacked
+    norms = gram.diagonal().sqrt()
+    live = (norms > 0).nonzero().squeeze(1)
+    if live.numel() == 0:
         return torch.zeros(dim, 0)
-    U, S, _ = torch.linalg.svd(stacked, full_matrices=False)
-    rank = int((rtol * S[0] < S).sum())
-    return U[:, :rank].float().contiguous()
+    scale = 1.0 / norms[live]
+    eigenvalues, vectors = torch.linalg.eigh(gram[live][:, live] * scale[:, None] * scale[None, :])
+    singular = eigenvalues.flip(0).clamp(min=0).sqrt()
+    rank = int((rtol * singular[0] < singular).sum())
+    mixing = torch.zeros(stacked.shape[1], rank, dtype=torch.float64)
+    mixing[live] = scale[:, None] * vectors.flip(1)[:, :rank] / singular[:rank]
+    basis = stacked @ mixing
+    upper = torch.linalg.cholesky(basis.T @ basis, upper=True)
+    return torch.linalg.solve_triangular(upper, basis, upper=True, left=False).float().contiguous()
 
 
 def module_subspace(
@@ -68,6 +83,11 @@ def module_subspace(
     present = [f for f in updates if f is not None]
     U = union_basis([f.B for f in present], shape[0], rtol)
     V = union_basis([f.A.T for f in present], shape[1], rtol)
-    U64, V64 = U.double(), V.double()
-    cores = [None if f is None else (f.scale * (U64.T @ f.B.double()) @ (f.A.double() @ V64)).float() for f in updates]
-    return ModuleSubspace(U=U, V=V, cores=cores)
+    if not present:
+        return ModuleSubspace(U=U, V=V, cores=[None] * len(updates))
+    # Every update's projections in two products (Uᵀ[B_1 … B_K] and [A_1; …; A_K] V), not 2K small ones.
+    ranks = [f.rank for f in present]
+    left = (U.double().T @ torch.cat([f.B.double() for f in present], dim=1)).split(ranks, dim=1)
+    right = (torch.cat([f.A.double() for f in present], dim=0) @ V.double()).split(ranks, dim=0)
+    cores = iter([(f.scale * (lb @ ra)).float() for f, lb, ra in zip(present, left, right, strict=True)])
+    return ModuleSubspace(U=U, V=V, cores=[None if f is None else next(cores) for f in updates])

@@ -25,7 +25,7 @@ from sst_merge.fisher import (
 )
 from sst_merge.lora import LoraAdapter, load_adapter, validate_against_base
 from sst_merge.methods.base import MergeJob, MethodParams
-from sst_merge.subspace import RANK_RTOL, ModuleSubspace, module_subspace
+from sst_merge.subspace import BASIS_KIND, RANK_RTOL, ModuleSubspace, module_subspace
 
 Reducer = Callable[[dict[str, KFACFactors]], dict[str, KFACFactors]]
 
@@ -90,6 +90,7 @@ def identity(job: MergeJob, extra: Sequence[LoraAdapter], fisher_at: str) -> dic
         "adapters": [dir_fingerprint(a.path) for a in list(job.adapters) + list(extra)],
         "modules": job.modules,
         "rank_rtol": RANK_RTOL,
+        "basis": BASIS_KIND,
         "fisher_at": fisher_at,
         "weights": job.weights if fisher_at == "ta" else None,
     }
