@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 
 import torch
@@ -61,7 +62,13 @@ def timed(fn):  # noqa: ANN001, ANN201 - tiny helper
     return result, time.perf_counter() - tick
 
 
-def breakdown(shape: str, k: int, n: int, length: int, batch: int) -> dict:
+def median_timed(fn, repeats: int):  # noqa: ANN001, ANN201 - tiny helper
+    """(the last result, the median seconds) of `repeats` calls of `fn`."""
+    runs = [timed(fn) for _ in range(repeats)]
+    return runs[-1][0], statistics.median(seconds for _, seconds in runs)
+
+
+def breakdown(shape: str, k: int, n: int, length: int, batch: int, repeats: int) -> dict:
     """One configuration's timings (seconds) and bytes."""
     config = tiny_llama_config(**{"max_position_embeddings": max(64, length), **SHAPES[shape]})
     torch.manual_seed(0)
@@ -72,14 +79,22 @@ def breakdown(shape: str, k: int, n: int, length: int, batch: int) -> dict:
     options = FisherOptions(batch_size=batch, max_examples=None, max_length=length)
 
     FIMCalculator(model, {}).run(safety_data[:batch], 0, options, description="warm-up")
-    subspaces, t_subspace = timed(lambda: {m: module_subspace(f, f[0].shape) for m, f in experts.items()})
+    subspaces, t_subspace = median_timed(
+        lambda: {m: module_subspace(f, f[0].shape) for m, f in experts.items()}, repeats)
     bases = {m: (s.U, s.V) for m, s in subspaces.items()}
-    _, t_plain = timed(lambda: FIMCalculator(model, {}).run(safety_data, 0, options, description="plain"))
-    safety, t_fisher_s = timed(lambda: FIMCalculator(model, bases).run(safety_data, 0, options))
-    utility, t_fisher_u = timed(lambda: FIMCalculator(model, bases).run(utility_data, 0, options))
-    eigen, t_gevp = timed(lambda: {
+    # Every time is the median of `repeats`; the passes alternate (plain, safety, utility; again …):
+    # a single pass of each drifted by 20 % between configurations on this shared machine.
+    plain_s, safety_s, utility_s = [], [], []
+    for _ in range(repeats):
+        plain_s.append(timed(lambda: FIMCalculator(model, {}).run(safety_data, 0, options, description="plain"))[1])
+        safety, seconds = timed(lambda: FIMCalculator(model, bases).run(safety_data, 0, options))
+        safety_s.append(seconds)
+        utility, seconds = timed(lambda: FIMCalculator(model, bases).run(utility_data, 0, options))
+        utility_s.append(seconds)
+    t_plain, t_fisher_s, t_fisher_u = (statistics.median(t) for t in (plain_s, safety_s, utility_s))
+    eigen, t_gevp = median_timed(lambda: {
         m: kronecker_gevp(safety[m].A, safety[m].G, utility[m].A, utility[m].G, 1e-2, m) for m in subspaces
-    })
+    }, repeats)
 
     def filter_and_output() -> None:
         for m, sub in subspaces.items():
@@ -88,7 +103,7 @@ def breakdown(shape: str, k: int, n: int, length: int, batch: int) -> dict:
             filtered = e.reconstruct(e.coefficients(core) * soft_filter(e.lam, 1.0))
             svd_of_orthonormal(sub.U, filtered, sub.V).factors(16 * k)
 
-    _, t_filter = timed(filter_and_output)
+    _, t_filter = median_timed(filter_and_output, repeats)
     factor_bytes = sum(
         f.A_sum.nbytes + f.G_sum.nbytes + f.diag_sum.nbytes for fs in (safety, utility) for f in fs.values()
     )
@@ -97,7 +112,7 @@ def breakdown(shape: str, k: int, n: int, length: int, batch: int) -> dict:
     total = t_subspace + t_fisher_s + t_fisher_u + t_gevp + t_filter
     return {
         "model": shape, "k": k, "examples": n, "seq_len": length, "tokens_per_dataset": tokens,
-        "plain_fwd_bwd_s": t_plain, "fisher_safety_s": t_fisher_s, "fisher_utility_s": t_fisher_u,
+        "repeats": repeats, "plain_fwd_bwd_s": t_plain, "fisher_safety_s": t_fisher_s, "fisher_utility_s": t_fisher_u,
         "hook_overhead": t_fisher_s / t_plain, "subspace_s": t_subspace, "gevp_s": t_gevp,
         "filter_output_s": t_filter, "total_s": total, "total_over_plain_2x": total / (2 * t_plain),
         "gevp_filter_share": (t_gevp + t_filter) / total, "factor_bytes": factor_bytes,
@@ -112,11 +127,12 @@ def main() -> None:
     parser.add_argument("--examples", type=int, nargs="+", default=[32, 64])
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3, help="passes of each kind; their median is reported")
     args = parser.parse_args()
     torch.set_grad_enabled(True)
     for k in args.k:
         for n in args.examples:
-            print(json.dumps(breakdown(args.model, k, n, args.seq_len, args.batch)), flush=True)
+            print(json.dumps(breakdown(args.model, k, n, args.seq_len, args.batch, args.repeats)), flush=True)
 
 
 if __name__ == "__main__":

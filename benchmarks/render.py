@@ -70,9 +70,10 @@ def sst_table(rows: list[dict]) -> list[str]:
         " factors MB | factors / model (bf16) | peak RSS GB |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in sorted(rows, key=lambda r: (r["model"], r["k"], r["tokens_per_dataset"])):
+    for r in sorted(rows, key=lambda r: (r["model"], r["k"], r["tokens_per_dataset"], bool(r.get("variant")))):
+        model = f"{r['model']} ({r['variant']})" if r.get("variant") else r["model"]
         lines.append(
-            f"| {r['model']} | {r['k']} | {r['tokens_per_dataset']} | {r['plain_fwd_bwd_s']:.2f}"
+            f"| {model} | {r['k']} | {r['tokens_per_dataset']} | {r['plain_fwd_bwd_s']:.2f}"
             f" | {r['fisher_safety_s']:.2f} / {r['fisher_utility_s']:.2f} | {r['hook_overhead']:.2f}×"
             f" | {r['subspace_s']:.2f} | {r['gevp_s']:.2f} | {r['filter_output_s']:.2f} | {r['total_s']:.1f}"
             f" | {r['total_over_plain_2x']:.2f}× | {100 * r['gevp_filter_share']:.1f} %"
