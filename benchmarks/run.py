@@ -255,6 +255,7 @@ def stage_sst(args: argparse.Namespace) -> None:
         ("testbed", "tokens", ["--k", "8", "--examples", "32", "512"]),
         ("7b-layer", "k", ["--k", "8", "16", "24", "--examples", "16", "--seq-len", "64", "--batch", "4"]),
         ("7b-layer", "tokens", ["--k", "8", "--examples", "4", "64", "--seq-len", "64", "--batch", "4"]),
+        ("7b-layer", "k24-tokens", ["--k", "24", "--examples", "64", "--seq-len", "64", "--batch", "4"]),
     ]
     for model, sweep, extra in plans:
         done = args.work / "raw" / f"sst__{model}__{sweep}.done"
