@@ -273,13 +273,18 @@ def _write_full(
     shards = base_weight_shards(job.base)
     copy_model_files(job.base, out)
     module_of = {f"{m}.weight": m for m in job.modules}
+    # Low-rank results are expanded into one buffer reused for every module: a fresh 235 MB ΔW per
+    # 14336 x 4096 module cost more in page faults than its matmul (0.13 s against 0.06 s).
+    workspace = torch.empty(max((job.shapes[m][0] * job.shapes[m][1] for m in job.modules), default=0))
     with make_progress() as progress:
         bar = progress.add_task(f"merging ({loaded.method.name})", total=len(job.modules))
         def delta_of(tensor: str) -> torch.Tensor | None:
             if tensor not in module_of:
                 return None
             progress.advance(bar)
-            return merge_module(loaded, module_of[tensor], context).dense()
+            name = module_of[tensor]
+            rows, cols = job.shapes[name]
+            return merge_module(loaded, name, context).dense(out=workspace[: rows * cols].view(rows, cols))
 
         for shard in shards:
             # Stream tensor by tensor: one base tensor and its ΔW are held in memory at a time.

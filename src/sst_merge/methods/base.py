@@ -38,7 +38,8 @@ class Dense:
 
     delta: torch.Tensor
 
-    def dense(self) -> torch.Tensor:
+    def dense(self, out: torch.Tensor | None = None) -> torch.Tensor:
+        """ΔW (d_out, d_in); already dense, so `out` is not used."""
         return self.delta
 
 
@@ -54,8 +55,9 @@ class Factored:
     A: torch.Tensor
     bases: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
-    def dense(self) -> torch.Tensor:
-        return self.B @ self.A
+    def dense(self, out: torch.Tensor | None = None) -> torch.Tensor:
+        """ΔW = B @ A (d_out, d_in), written into `out` when given (a buffer reused across modules)."""
+        return torch.matmul(self.B, self.A, out=out) if out is not None else self.B @ self.A
 
 
 MergedDelta = Dense | Factored
