@@ -51,7 +51,7 @@ def merge_table(rows: list[dict]) -> list[str]:
         if r.get("merge_dtype"):
             note = f"merge dtype {r['merge_dtype']}; {note}"
         if r.get("rel_err_note"):
-            note = f"{note}; {r['rel_err_note']}"
+            note = f"{note}; {r['rel_err_note']}" if note else r["rel_err_note"]
         if r.get("variant"):
             note = f"{r['variant']}; {note}" if note else r["variant"]
         shown_wall = _s(wall) if wall else (f"killed after {r['wall_s_until_stop']:.0f}" if r.get("failed") else "—")
