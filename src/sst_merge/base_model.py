@@ -11,13 +11,10 @@ from typing import TYPE_CHECKING
 import torch
 
 from sst_merge.errors import InputError
-from sst_merge.writers import read_safetensors_header
+from sst_merge.writers import base_shard_files, read_safetensors_header
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
-
-SAFETENSORS_FILE = "model.safetensors"
-SAFETENSORS_INDEX = "model.safetensors.index.json"
 
 
 def read_base_config(path: str | Path) -> PretrainedConfig:
@@ -67,22 +64,12 @@ def stored_weight_shapes(path: str | Path) -> dict[str, tuple[int, int]] | None:
     """{module: (d_out, d_in)} of every 2-D `<module>.weight` in the base's safetensors files, read from
     their headers; None when the base has no safetensors checkpoint."""
     path = Path(path)
-    if (path / SAFETENSORS_INDEX).is_file():
-        index = path / SAFETENSORS_INDEX
-        try:
-            files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-            raise InputError(f"corrupt safetensors index ({exc})", index) from exc
-    elif (path / SAFETENSORS_FILE).is_file():
-        files = [SAFETENSORS_FILE]
-    else:
+    files = base_shard_files(path)
+    if files is None:
         return None
     shapes = {}
     for name in files:
-        shard = path / name
-        if not shard.is_file():
-            raise InputError(f"shard {name} named by the index is missing", path / SAFETENSORS_INDEX)
-        _, header = read_safetensors_header(shard)
+        _, header = read_safetensors_header(path / name)
         for tensor, info in header.items():
             shape = info.get("shape") if isinstance(info, dict) else None
             if tensor.endswith(".weight") and isinstance(shape, list) and len(shape) == 2:

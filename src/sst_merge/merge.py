@@ -25,7 +25,7 @@ from sst_merge.methods.base import Factored, MergedDelta, MergeJob, MergeMethod,
 from sst_merge.methods.base import module_generator as make_generator
 from sst_merge.progress import make_progress, track
 from sst_merge.provenance import provenance_record
-from sst_merge.writers import base_weight_shards, copy_model_files, stream_full_shard, write_peft_adapter
+from sst_merge.writers import base_shard_files, copy_model_files, stream_full_shard, write_peft_adapter
 
 PROVENANCE_NAME = "sst_merge_provenance.json"
 
@@ -270,7 +270,10 @@ def _write_full(
     config: MergeConfig, loaded: LoadedInputs, context: dict[str, Any], out: Path, report: MergeReport
 ) -> None:
     job = loaded.job
-    shards = base_weight_shards(job.base)
+    shards = base_shard_files(job.base)
+    if shards is None:
+        raise InputError("no model.safetensors or model.safetensors.index.json (full output needs safetensors)",
+                         job.base)
     copy_model_files(job.base, out)
     module_of = {f"{m}.weight": m for m in job.modules}
     # Low-rank results are expanded into one buffer reused for every module: a fresh 235 MB ΔW per

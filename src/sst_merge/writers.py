@@ -17,7 +17,9 @@ from sst_merge.errors import InputError
 from sst_merge.lora import CONFIG_NAME, SAFETENSORS_NAME
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
-WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+SAFETENSORS_FILE = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+WEIGHT_INDEXES = (SAFETENSORS_INDEX, "pytorch_model.bin.index.json")
 
 
 def target_modules_for(modules: list[str], all_linear: list[str]) -> list[str]:
@@ -78,23 +80,20 @@ def write_peft_adapter(
     (out_dir / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
 
-def base_weight_shards(base: Path) -> dict[str, list[str]]:
-    """{shard file name: [tensor names]} of a safetensors base model (single file or indexed)."""
-    index = base / "model.safetensors.index.json"
+def base_shard_files(base: Path) -> list[str] | None:
+    """File names of the safetensors shards of a base model (from its index, or the single file);
+    None when it has no safetensors checkpoint."""
+    index = base / SAFETENSORS_INDEX
     if index.is_file():
         try:
-            weight_map: dict[str, str] = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (json.JSONDecodeError, KeyError) as exc:
+            files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
             raise InputError(f"corrupt safetensors index ({exc})", index) from exc
-        shards: dict[str, list[str]] = defaultdict(list)
-        for tensor, shard in weight_map.items():
-            shards[shard].append(tensor)
-        return dict(shards)
-    single = base / "model.safetensors"
-    if single.is_file():
-        _, header = read_safetensors_header(single)
-        return {single.name: [name for name in header if name != "__metadata__"]}
-    raise InputError("no model.safetensors or model.safetensors.index.json (full output needs safetensors)", base)
+        for name in files:
+            if not (base / name).is_file():
+                raise InputError(f"shard {name} named by the index is missing", index)
+        return files
+    return [SAFETENSORS_FILE] if (base / SAFETENSORS_FILE).is_file() else None
 
 
 def copy_model_files(base: Path, out_dir: Path) -> None:
@@ -102,7 +101,7 @@ def copy_model_files(base: Path, out_dir: Path) -> None:
     for item in base.iterdir():
         if item.is_file() and not item.name.endswith(WEIGHT_SUFFIXES) and item.name not in WEIGHT_INDEXES:
             shutil.copy2(item, out_dir / item.name)
-    index = base / "model.safetensors.index.json"
+    index = base / SAFETENSORS_INDEX
     if index.is_file():
         shutil.copy2(index, out_dir / index.name)
 
