@@ -76,7 +76,7 @@ def merge_agl(inputs: ModuleInputs, params: AGLParams) -> Factored:
     critical = critical_mask(ctx.eig.lam, params.top_k, params.energy)
     c = ctx.eig.coefficients(utility_core(ctx.subspace, inputs.weights))
     core = ctx.eig.reconstruct(c * (1.0 - critical * (1.0 - params.keep)))
-    return Factored(B=(ctx.subspace.U.double() @ core).float(), A=ctx.subspace.V.T.contiguous())
+    return Factored.in_bases(ctx.subspace.U, core, ctx.subspace.V)
 
 
 AGL = register(

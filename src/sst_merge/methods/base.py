@@ -55,6 +55,11 @@ class Factored:
     A: torch.Tensor
     bases: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
+    @classmethod
+    def in_bases(cls, U: torch.Tensor, core: torch.Tensor, V: torch.Tensor) -> Factored:
+        """ΔW = U core Vᵀ for orthonormal U (d_out, p), V (d_in, q): B = U core, A = Vᵀ, bases kept."""
+        return cls(B=(U.double() @ core).float(), A=V.T.contiguous(), bases=(U, core, V))
+
     def dense(self, out: torch.Tensor | None = None) -> torch.Tensor:
         """ΔW = B @ A (d_out, d_in), written into `out` when given (a buffer reused across modules)."""
         return torch.matmul(self.B, self.A, out=out) if out is not None else self.B @ self.A

@@ -136,7 +136,7 @@ def merge_sst(inputs: ModuleInputs, params: SSTParams) -> Factored:
     safety = sub.cores[len(inputs.experts)] if len(sub.cores) > len(inputs.experts) else None
     if safety is not None:
         core = core + ctx.reconstruct(ctx.coefficients(safety) * inject)
-    return Factored(B=(sub.U.double() @ core).float(), A=sub.V.T.contiguous(), bases=(sub.U, core, sub.V))
+    return Factored.in_bases(sub.U, core, sub.V)
 
 
 SST = register(
