@@ -240,30 +240,26 @@ def prune_random(
     return combine_blocks(blocks, lambda b: b[0], stack.shape).reshape(tensor.shape)
 
 
+def elected_signs(tensors: torch.Tensor) -> torch.Tensor:
+    """TIES sign election over the K tasks of (K, ...) tensors: the sign of the total, +1 where it is
+    zero (as PEFT does)."""
+    return torch.where(tensors.sum(dim=0) >= 0, 1.0, -1.0).to(tensors.dtype)
+
+
 def majority_sign_mask(tensors: torch.Tensor) -> torch.Tensor:
-    """TIES sign election on (K, ...) tensors: True where an entry's sign equals the sign of the total.
-
-    A zero total elects +1 (as PEFT does); zero entries never agree.
-    """
-    majority = torch.where(tensors.sum(dim=0) >= 0, 1.0, -1.0)
-    return tensors.sign() == majority
-
-
-def disjoint_mean(weighted: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over the tasks whose entry agrees with the elected sign (sum of agreeing / their count)."""
-    count = mask.sum(dim=0).clamp(min=1).to(weighted.dtype)
-    return (weighted * mask).sum(dim=0) / count
+    """True where an entry's sign equals the elected sign; zero entries never agree."""
+    return tensors.sign() == elected_signs(tensors)
 
 
 def ties_combine(trimmed: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Elect signs on the trimmed (K, ...) task tensors, weight them, take the disjoint mean.
+    """Elect signs on the trimmed (K, ...) task tensors, weight them, take the disjoint mean (the sum
+    of the agreeing weighted entries over their count).
 
-    The same arithmetic as `disjoint_mean(weighted, majority_sign_mask(trimmed))`, bit for bit, with
-    the agreement as a 0/1 float (x · elected sign > 0): reductions over boolean tensors cost more
-    than the rest of the combine.
+    The agreement is `majority_sign_mask` as a 0/1 float (sign of x · elected sign, clamped at 0), so
+    that the products and sums are PEFT's bit for bit: reductions over boolean tensors cost more than
+    the rest of the combine.
     """
-    majority = torch.where(trimmed.sum(dim=0) >= 0, 1.0, -1.0).to(trimmed.dtype)
-    agree = (trimmed * majority).sign_().clamp_(min=0)
+    agree = (trimmed * elected_signs(trimmed)).sign_().clamp_(min=0)
     count = agree.sum(dim=0).clamp_(min=1)
     weighted = trimmed * weights.to(trimmed.dtype).reshape(-1, *[1] * (trimmed.dim() - 1))
     return weighted.mul_(agree).sum(dim=0).div_(count)
