@@ -14,6 +14,7 @@ import platform
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -184,17 +185,24 @@ def stage_compare(args: argparse.Namespace) -> None:
         print(f"[bench] {path.stem}: rel_err_vs_ours={row['rel_err_vs_ours']:.3e}")
 
 
+def median_seconds(fn: Callable[[], object], runs: int, after: Callable[[], object] | None = None) -> float:
+    """Median wall seconds of `runs` calls of `fn` after a warm-up call; `after` runs untimed after each."""
+    times = []
+    for _ in range(runs + 1):
+        tick = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - tick)
+        if after is not None:
+            after()
+    times = sorted(times[1:])
+    return times[len(times) // 2]
+
+
 def copy_bandwidth(n_bytes: int = 512 << 20, runs: int = 5) -> float:
     """Measured memory copy bandwidth in bytes/s (median of `runs` copies of an `n_bytes` buffer)."""
     src = torch.ones(n_bytes // 4)
     dst = torch.empty_like(src)
-    times = []
-    for _ in range(runs + 1):
-        tick = time.perf_counter()
-        dst.copy_(src)
-        times.append(time.perf_counter() - tick)
-    times = sorted(times[1:])
-    return n_bytes / times[len(times) // 2]
+    return n_bytes / median_seconds(lambda: dst.copy_(src), runs)
 
 
 def file_floor_seconds(sources: list[Path], write_bytes: int, scratch: Path, runs: int = 5) -> float:
@@ -203,11 +211,10 @@ def file_floor_seconds(sources: list[Path], write_bytes: int, scratch: Path, run
     64 MB buffer as the full writer does: the floor of a merge that reads and writes files."""
     buffer = bytearray(64 << 20)
     view = memoryview(buffer)
-    times = []
-    for _ in range(runs + 1):
-        target = scratch / "floor-copy.bin"
+    target = scratch / "floor-copy.bin"
+
+    def copy() -> None:
         left = write_bytes
-        tick = time.perf_counter()
         with open(target, "wb") as sink:
             for path in sources:
                 with open(path, "rb", buffering=0) as source:
@@ -218,10 +225,8 @@ def file_floor_seconds(sources: list[Path], write_bytes: int, scratch: Path, run
             while left > 0:  # an output larger than the inputs (a high-rank PEFT file): write the rest
                 sink.write(view[: min(len(view), left)])
                 left -= min(len(view), left)
-        times.append(time.perf_counter() - tick)
-        target.unlink()
-    times = sorted(times[1:])
-    return times[len(times) // 2]
+
+    return median_seconds(copy, runs, after=target.unlink)
 
 
 def stage_floor(args: argparse.Namespace) -> None:
