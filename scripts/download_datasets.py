@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             hub_id = SOURCES.get(name, ("",))[0]
             print(
                 f"{name}: could not download {hub_id} ({type(exc).__name__}: {exc}). Offline, use the local copies: "
-                f"set SST_MERGE_DATA (or --data-dir) to a folder laid out like shared/data "
+                f"set SST_MERGE_DATA (or --data-dir) to a folder laid out like the repository's data/ "
                 f"(beavertails/BeaverTails-Evaluation.csv, mmlu/{{dev,test}}/*.csv), or download {hub_id} "
                 f"on a machine with network into {args.cache_dir} and copy it here.",
                 file=sys.stderr,

@@ -1,4 +1,4 @@
-"""Where the local evaluation data lives: `--data-dir`, else `$SST_MERGE_DATA`, else `../shared/data`."""
+"""Where the local evaluation data lives: `--data-dir`, else `$SST_MERGE_DATA`, else the repository's `data/`."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ _REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
-    """The data directory: `data_dir` if given, else `$SST_MERGE_DATA`, else `<repo>/../shared/data`.
+    """The data directory: `data_dir` if given, else `$SST_MERGE_DATA`, else `<repo>/data` (the copy the
+    repository ships, see data/PROVENANCE.md).
 
     An explicit or environment directory that does not exist is an InputError naming it; so is the
     case where no directory can be found at all.
@@ -30,8 +31,8 @@ def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
         if not path.is_dir():
             raise InputError(f"data directory not found (${ENV_VAR})", path)
         return path
-    fallback = _REPO_ROOT.parent / "shared" / "data"
-    if fallback.is_dir():
+    fallback = _REPO_ROOT / "data"
+    if (fallback / "PROVENANCE.md").is_file():
         return fallback
     raise InputError(f"no data directory: pass --data-dir or set ${ENV_VAR}", fallback)
 

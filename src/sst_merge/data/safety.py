@@ -1,6 +1,6 @@
 """Loaders for the safety prompt sets: each returns `SafetyPrompt` records, harmful and benign.
 
-Files are read from the data directory (see `sst_merge.data.paths` and shared/data/PROVENANCE.md);
+Files are read from the data directory (see `sst_merge.data.paths` and data/PROVENANCE.md);
 the testbed's splits are read from a testbed directory. Counts with the shipped files:
 AdvBench 520 harmful; HarmBench test split standard + contextual 159 + 81 = 240 harmful;
 JailbreakBench 100 harmful + 100 benign; XSTest 200 unsafe + 250 safe; Do-Not-Answer 939 harmful;

@@ -41,7 +41,7 @@ class SuiteOptions:
     `generate`, when set, replaces the transformers model for generation-only suites (the vLLM
     backend): `generate(prompts, max_new_tokens, system, stop_strings) -> replies`;
     `data_dir` is the `--data-dir` given (None: resolve with `sst_merge.data.paths.resolve_data_dir`,
-    i.e. `$SST_MERGE_DATA` or `../shared/data`, when a suite needs it);
+    i.e. `$SST_MERGE_DATA` or the repository's `data/`, when a suite needs it);
     `testbed_dir` is a testbed directory (for the `testbed` suites); `limit` keeps the first N items
     of each split; `max_new_tokens` bounds generation; `system` is an optional system message.
     """
