@@ -178,3 +178,24 @@ def test_interrupted_merge_leaves_nothing(tiny_base, tiny_adapters, tmp_path, mo
             merge_module.MergeConfig(base=tiny_base, adapters=tiny_adapters[:1], method="ta", output=out)
         )
     assert not out.exists() and not list(tmp_path.glob(".out*"))
+
+
+@pytest.mark.parametrize("shard", ["../x.safetensors", "ABSOLUTE", "sub/x.safetensors"])
+def test_shard_name_outside_the_base_is_refused(tiny_base, tiny_adapters, tmp_path, capsys, shard):
+    """A base whose index names a shard outside it: the full writer would write that path; nothing is written."""
+    victim = tmp_path / "x.safetensors"
+    shutil.copy(tiny_base / "model.safetensors", victim)
+    before = victim.read_bytes()
+    if shard == "ABSOLUTE":
+        shard = str(victim)
+    base = _copy(tiny_base, tmp_path / "base")
+    (base / "model.safetensors").unlink()
+    (base / "sub").mkdir()
+    shutil.copy(victim, base / "sub" / "x.safetensors")
+    names = load_file(str(victim))
+    index = base / "model.safetensors.index.json"
+    index.write_text(json.dumps({"metadata": {}, "weight_map": dict.fromkeys(names, shard)}))
+    out = tmp_path / "out"
+    code, err = _run(capsys, [*_common(base, tiny_adapters[:1], out), "--method", "ta", "--format", "full"])
+    _assert_rejected(code, err, out, str(index), repr(shard), "not a plain file name")
+    assert victim.read_bytes() == before

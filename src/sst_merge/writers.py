@@ -82,14 +82,20 @@ def write_peft_adapter(
 
 def base_shard_files(base: Path) -> list[str] | None:
     """File names of the safetensors shards of a base model (from its index, or the single file);
-    None when it has no safetensors checkpoint."""
+    None when it has no safetensors checkpoint.
+
+    Every name is a plain file name: the full writer writes `<output>/<name>`, so a name such as
+    `../x.safetensors` or `/etc/x` would make it write outside its output.
+    """
     index = base / SAFETENSORS_INDEX
     if index.is_file():
         try:
             files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
             raise InputError(f"corrupt safetensors index ({exc})", index) from exc
         for name in files:
+            if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name or "\\" in name:
+                raise InputError(f"shard name {name!r} is not a plain file name in the base directory", index)
             if not (base / name).is_file():
                 raise InputError(f"shard {name} named by the index is missing", index)
         return files
