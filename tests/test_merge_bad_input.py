@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file, save_file
 
 from sst_merge.cli import main
@@ -199,3 +200,87 @@ def test_shard_name_outside_the_base_is_refused(tiny_base, tiny_adapters, tmp_pa
     code, err = _run(capsys, [*_common(base, tiny_adapters[:1], out), "--method", "ta", "--format", "full"])
     _assert_rejected(code, err, out, str(index), repr(shard), "not a plain file name")
     assert victim.read_bytes() == before
+
+
+def _edit_config(adapter: Path, **changes: object) -> Path:
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config.update(changes)
+    (adapter / "adapter_config.json").write_text(json.dumps(config))  # NaN and Infinity as JSON writes them
+    return adapter / "adapter_config.json"
+
+
+@pytest.mark.parametrize("changes, needle", [
+    ({"lora_alpha": float("nan")}, "lora_alpha must be a finite number, got nan"),
+    ({"lora_alpha": float("inf")}, "lora_alpha must be a finite number, got inf"),
+    ({"r": float("-inf")}, "r must be a finite number"),
+    ({"alpha_pattern": ["q_proj"]}, "alpha_pattern must be a mapping"),
+    ({"alpha_pattern": {"q_proj[(": 4}}, "alpha_pattern key 'q_proj[(' is not a regular expression"),
+    ({"alpha_pattern": {"q_proj": "16"}}, "alpha_pattern['q_proj'] must be a finite number, got '16'"),
+    ({"alpha_pattern": {"q_proj": float("nan")}}, "alpha_pattern['q_proj'] must be a finite number, got nan"),
+])
+def test_bad_config_numbers(tiny_base, tiny_adapters, tmp_path, capsys, changes, needle):
+    bad = _copy(tiny_adapters[0], tmp_path / "bad")
+    config = _edit_config(bad, **changes)
+    out = tmp_path / "out"
+    code, err = _run(capsys, [*_common(tiny_base, [bad], out), "--method", "ta", "--format", "full"])
+    _assert_rejected(code, err, out, str(config), needle)
+
+
+def test_zero_rank_tensors(tiny_base, tiny_adapters, tmp_path, capsys):
+    bad = _copy(tiny_adapters[0], tmp_path / "bad")
+    tensors = load_file(str(bad / "adapter_model.safetensors"))
+    for key in tensors:
+        if "layers.0.self_attn.q_proj" in key:
+            tensors[key] = tensors[key][:0] if "lora_A" in key else tensors[key][:, :0]
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(bad / "adapter_model.safetensors"))
+    out = tmp_path / "out"
+    code, err = _run(capsys, [*_common(tiny_base, [bad], out), "--method", "ta"])
+    _assert_rejected(code, err, out, str(bad / "adapter_model.safetensors"), "q_proj has rank 0")
+
+
+class _Evil:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("payload", ["pickle", "junk"])
+def test_bin_that_is_not_a_tensor_pickle(tiny_base, tiny_adapters, tmp_path, capsys, payload):
+    """A malicious or corrupt adapter_model.bin: not run, one line without torch's advice to drop weights_only."""
+    import pickle
+
+    bad = _copy(tiny_adapters[0], tmp_path / "bad")
+    (bad / "adapter_model.safetensors").unlink()
+    marker = tmp_path / "pwned"
+    data = pickle.dumps({"x": _Evil(marker)}, protocol=2) if payload == "pickle" else b"\x80\x04junkjunk"
+    (bad / "adapter_model.bin").write_bytes(data)
+    out = tmp_path / "out"
+    code, err = _run(capsys, [*_common(tiny_base, [bad], out), "--method", "ta"])
+    _assert_rejected(code, err, out, str(bad / "adapter_model.bin"),
+                     "refused: the pickle holds objects other than tensors" if payload == "pickle" else "corrupt")
+    assert "weights_only" not in err and not marker.exists()
+
+
+def test_overflowing_weights_write_nothing(tiny_base, tiny_adapters, tmp_path, capsys):
+    """Finite weights whose merge overflows float32: no Inf/NaN output. (At 1e38 the full model's ΔW is still
+    finite, about 1e37, and is written; the PEFT factors, √S of its SVD, are not.)"""
+    for fmt, weights in (("peft", "1e38,1e38"), ("full", "3e38,3e38")):
+        out = tmp_path / fmt
+        code, err = _run(capsys, [*_common(tiny_base, tiny_adapters[:2], out), "--method", "ties",
+                                  "--weights", weights, "--format", fmt])
+        _assert_rejected(code, err, out, "has NaN or Inf values", "weights or LoRA scales too large")
+
+
+def test_update_that_overflows_a_float16_base(tiny_adapters, tmp_path, capsys):
+    """ΔW finite in float32, W0 + ΔW beyond float16's range: the full writer refuses it."""
+    half = make_random_llama(tmp_path / "half", dtype=torch.float16)
+    big = _copy(tiny_adapters[0], tmp_path / "big")
+    _edit_config(big, lora_alpha=1e7)
+    out = tmp_path / "out"
+    code, err = _run(capsys, [*_common(half, [big], out), "--method", "ta", "--format", "full"])
+    _assert_rejected(code, err, out, "W0 + ΔW of model.layers.0", "NaN or Inf values in F16")
+    assert _run(capsys, [*_common(half, [big], out), "--method", "ta"])[0] == 0  # the PEFT output is float32

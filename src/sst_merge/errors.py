@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -15,8 +17,9 @@ class InputError(Exception):
 
     def __init__(self, message: str, path: str | Path | None = None) -> None:
         self.path = Path(path) if path is not None else None
-        self.problem = message
-        super().__init__(f"{self.path}: {message}" if self.path is not None else message)
+        # The CLI's promise is one line: a library's multi-line message is joined.
+        self.problem = " ".join(line.strip() for line in message.splitlines() if line.strip())
+        super().__init__(f"{self.path}: {self.problem}" if self.path is not None else self.problem)
 
 
 def validation_message(exc: ValidationError, most: int = 5) -> str:
@@ -26,3 +29,9 @@ def validation_message(exc: ValidationError, most: int = 5) -> str:
         where = ".".join(str(p) for p in err["loc"]) or "config"
         parts.append(f"{where}: {'unknown key' if err['type'] == 'extra_forbidden' else err['msg']}")
     return "; ".join(parts[:most]) + (f" (+{len(parts) - most} more)" if len(parts) > most else "")
+
+
+def require_finite(tensors: Iterable[Any], message: str, path: str | Path | None = None) -> None:
+    """InputError(message, path) unless every tensor in `tensors` is finite (no NaN, no ±Inf)."""
+    if not all(bool(t.isfinite().all()) for t in tensors):
+        raise InputError(message, path)

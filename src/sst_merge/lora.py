@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from sst_merge.errors import InputError
+from sst_merge.errors import InputError, require_finite
 
 CONFIG_NAME = "adapter_config.json"
 SAFETENSORS_NAME = "adapter_model.safetensors"
@@ -89,10 +91,15 @@ def lora_scale(alpha: float, rank: int, use_rslora: bool) -> float:
     return alpha / math.sqrt(rank) if use_rslora else alpha / rank
 
 
+def _pattern_regex(key: str) -> re.Pattern[str]:
+    """PEFT's rank_pattern/alpha_pattern key as a regex: it matches a module name ending in it."""
+    return re.compile(rf"(.*\.)?({key})$")
+
+
 def _pattern_value(pattern: dict[str, Any], module: str, default: Any) -> Any:
-    """PEFT's rank_pattern/alpha_pattern lookup: a key matches a module name ending in it."""
+    """The value of the first key of `pattern` that matches `module`, else `default`."""
     for key, value in pattern.items():
-        if re.match(rf"(.*\.)?({key})$", module):
+        if _pattern_regex(key).match(module):
             return value
     return default
 
@@ -119,22 +126,55 @@ def read_adapter_config(path: str | Path) -> dict[str, Any]:
     if config.get("fan_in_fan_out"):
         raise InputError("fan_in_fan_out=true (Conv1D layers) is not supported", cfg_path)
     for key in ("r", "lora_alpha"):
-        if key in config and not isinstance(config[key], int | float):
-            raise InputError(f"{key} must be a number, got {config[key]!r}", cfg_path)
+        if key in config and not _finite_number(config[key]):
+            raise InputError(f"{key} must be a finite number, got {config[key]!r}", cfg_path)
+    pattern = config.get("alpha_pattern") or {}
+    if not isinstance(pattern, dict):
+        raise InputError(f"alpha_pattern must be a mapping of module patterns to numbers, got {pattern!r}", cfg_path)
+    for key, value in pattern.items():
+        try:
+            _pattern_regex(key)
+        except re.error as exc:
+            raise InputError(f"alpha_pattern key {key!r} is not a regular expression ({exc})", cfg_path) from exc
+        if not _finite_number(value):
+            raise InputError(f"alpha_pattern[{key!r}] must be a finite number, got {value!r}", cfg_path)
     return config
+
+
+def _finite_number(value: Any) -> bool:
+    """A JSON number that is neither NaN nor ±Infinity (Python's json reads both); true/false are not numbers."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _pickle_problem(exc: Exception) -> str:
+    """torch's refusal of a pickle that holds more than tensors, without its advice to turn the check off."""
+    detail = str(exc).partition("WeightsUnpickler error:")[2].partition("Check the documentation")[0]
+    return "refused: the pickle holds objects other than tensors" + (f" ({' '.join(detail.split())})"
+                                                                     if detail.strip() else "")
 
 
 def _load_weights(path: Path) -> tuple[Path, dict[str, torch.Tensor]]:
     st, bin_ = path / SAFETENSORS_NAME, path / BIN_NAME
-    try:
-        if st.is_file():
+    if st.is_file():
+        try:
             return st, load_file(str(st), device="cpu")
-        if bin_.is_file():
-            # Never unpickle arbitrary objects from an adapter file.
-            return bin_, torch.load(str(bin_), map_location="cpu", weights_only=True)
-    except (SafetensorError, RuntimeError, OSError, EOFError, ValueError) as exc:
-        bad = st if st.is_file() else bin_
-        raise InputError(f"corrupt adapter weights ({type(exc).__name__}: {exc})", bad) from exc
+        except (SafetensorError, RuntimeError, OSError, EOFError, ValueError) as exc:
+            raise InputError(f"corrupt adapter weights ({type(exc).__name__}: {exc})", st) from exc
+    if bin_.is_file():
+        try:
+            # Never unpickle arbitrary objects from an adapter file. The unpickler's warnings about
+            # protocols would be stray lines on stderr.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                state = torch.load(str(bin_), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise InputError(_pickle_problem(exc), bin_) from exc
+        except Exception as exc:  # a corrupt pickle fails in any of many ways (KeyError, struct.error, …)
+            raise InputError(f"corrupt adapter weights ({type(exc).__name__}: {exc})", bin_) from exc
+        if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(t, torch.Tensor)
+                                                  for k, t in state.items()):
+            raise InputError("corrupt adapter weights (not a mapping of names to tensors)", bin_)
+        return bin_, state
     raise InputError(f"missing {SAFETENSORS_NAME} (or {BIN_NAME})", path)
 
 
@@ -169,9 +209,10 @@ def load_adapter(path: str | Path) -> LoraAdapter:
             raise InputError(
                 f"module {module}: lora_A {tuple(A.shape)} and lora_B {tuple(B.shape)} do not pair", weights_file
             )
-        if not (torch.isfinite(A).all() and torch.isfinite(B).all()):
-            raise InputError(f"module {module} has NaN or Inf values", weights_file)
+        require_finite((A, B), f"module {module} has NaN or Inf values", weights_file)
         rank = int(A.shape[0])
+        if rank == 0:  # its scale alpha/r would divide by zero
+            raise InputError(f"module {module} has rank 0 (empty lora_A and lora_B)", weights_file)
         alpha = float(_pattern_value(config.get("alpha_pattern") or {}, module, default_alpha))
         modules[module] = LoraFactors(A=A.contiguous(), B=B.contiguous(), scale=lora_scale(alpha, rank, use_rslora))
     return LoraAdapter(path=path, config=config, modules=modules)

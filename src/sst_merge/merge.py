@@ -17,11 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sst_merge.atomic import atomic_output_dir, write_json_atomic
 from sst_merge.base_model import adapted_module_shapes
-from sst_merge.errors import InputError, validation_message
+from sst_merge.errors import InputError, require_finite, validation_message
 from sst_merge.lora import load_adapter, validate_against_base
 from sst_merge.lowrank import SVDFactors, svd_of_dense, svd_of_factored, svd_of_orthonormal
 from sst_merge.methods import get_method
-from sst_merge.methods.base import Factored, MergedDelta, MergeJob, MergeMethod, MethodParams, ModuleInputs
+from sst_merge.methods.base import Dense, Factored, MergedDelta, MergeJob, MergeMethod, MethodParams, ModuleInputs
 from sst_merge.methods.base import module_generator as make_generator
 from sst_merge.progress import make_progress, track
 from sst_merge.provenance import provenance_record
@@ -160,7 +160,16 @@ def merge_module(loaded: LoadedInputs, name: str, context: dict[str, Any]) -> Me
         generator=make_generator(getattr(params, "seed", 0), name),
         context=context.get(name),
     )
-    return loaded.method.merge_module(inputs, params)
+    merged = loaded.method.merge_module(inputs, params)
+    # Finite inputs can still overflow float32 (weights of 1e38, a huge lora_alpha): refuse before an SVD
+    # or a writer sees the result.
+    require_finite((merged.delta,) if isinstance(merged, Dense) else (merged.B, merged.A), _overflow(name))
+    return merged
+
+
+def _overflow(name: str) -> str:
+    """The problem of a merged update of module `name` that is not finite."""
+    return f"the merged update of {name} has NaN or Inf values (weights or LoRA scales too large?)"
 
 
 def merge_adapters(
@@ -261,6 +270,7 @@ def _write_peft(
     factors = {}
     for name, svd in svds.items():
         factors[name] = svd.factors(rank)
+        require_finite(factors[name], _overflow(name))
         report.rel_error[name] = svd.rel_error(rank)
     report.rank = rank
     write_peft_adapter(out, factors, rank, str(job.base), list(job.shapes), job.adapters[0].config)

@@ -13,7 +13,7 @@ from typing import Any, BinaryIO
 import torch
 from safetensors.torch import save_file
 
-from sst_merge.errors import InputError
+from sst_merge.errors import InputError, require_finite
 from sst_merge.lora import CONFIG_NAME, SAFETENSORS_NAME
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
@@ -206,6 +206,8 @@ def stream_full_shard(
                 _read_into(source, whole[:size], name, source_path)
                 base_part = as_tensor[:size].view(dtype).reshape(part.shape)
                 base_part.copy_(part.add_(base_part))
+                # A finite ΔW can still overflow the stored dtype (float16 ends at 65504).
+                require_finite((base_part,), f"W0 + ΔW of {name} has NaN or Inf values in {info['dtype']}")
                 sink.write(whole[:size])
             changed.append(name)
     return changed
