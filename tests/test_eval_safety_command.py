@@ -171,3 +171,26 @@ def test_safety_suite_uses_an_external_generator(testbed):
     assert seen == [([*HARMFUL, *BENIGN], 7, "be nice", ("\n",))]
     metrics = result["metrics"]
     assert metrics["refusal_rate"]["successes"] == 1 and metrics["over_refusal_rate"]["successes"] == 0
+
+
+def test_existing_outputs_are_kept_without_force(testbed, tmp_path, capsys):
+    """judge and eval, like merge, replace an existing output only with --force."""
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"prompt": "q", "response": "I'm sorry, I can't."}) + "\n")
+    judged = tmp_path / "judged.jsonl"
+    judged.write_text("precious\n")
+    results, generations = tmp_path / "r.json", tmp_path / "r.generations.jsonl"
+    generations.write_text("precious\n")  # the results file is new, its generations file is not
+    for argv, output in (
+        (["judge", "--input", str(rows), "--output", str(judged)], judged),
+        (["eval", "--base", str(testbed / "base"), "--suite", "testbed", "--max-new-tokens", "4",
+          "--output", str(results)], generations),
+    ):
+        capsys.readouterr()
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"{output}: output already exists (pass --force" in err
+        assert output.read_text() == "precious\n"
+        assert main([*argv, "--force"]) == 0
+        assert output.read_text() != "precious\n"
+    assert read_jsonl(judged)[0]["refusal"] is True and json.loads(results.read_text())["suites"]["testbed"]

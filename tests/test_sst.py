@@ -143,3 +143,73 @@ def test_diagonal_variant_is_the_elementwise_closed_form(chat_base: Path, chat_a
     d_s = sub.cores[3].double() if sub.cores[3] is not None else torch.zeros_like(d_u)
     core = (d_u + beta * ctx.lam * d_s) / (1 + beta * ctx.lam)
     assert rel(deltas(tmp_path / "d")[name].double(), sub.U.double() @ core @ sub.V.T.double()) < 1e-4
+
+
+@pytest.fixture
+def no_model_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading a model fails the test: bad input must be found before."""
+    import sst_merge.models
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the input was checked")
+
+    monkeypatch.setattr(sst_merge.models, "load_model", refuse)
+
+
+def _sst_argv(base: Path, adapters: list[Path], data: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    argv = ["merge", "--base", str(base), "--method", "sst", "--safety-data", str(data["safety"]),
+            "--utility-data", str(data["u0"]), "--fisher-max-examples", "6", "--output", str(out), *extra]
+    for a in adapters[:2]:
+        argv += ["--adapter", str(a)]
+    return argv
+
+
+def test_sweep_is_validated_before_anything_is_written(chat_base: Path, chat_adapters: list[Path],
+                                                       chat_data: dict[str, Path], tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture, no_model_load: None) -> None:
+    """`--beta-sweep 1,-5` used to write beta=1/ before refusing -5."""
+    out = tmp_path / "sweep"
+    assert main(_sst_argv(chat_base, chat_adapters, chat_data, out, "--beta-sweep", "1,-5")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "beta" in err and "greater than or equal to 0" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sweep_that_fails_midway_leaves_no_output(chat_base: Path, chat_adapters: list[Path],
+                                                  chat_data: dict[str, Path], tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sweep is one output: a failure at its second value leaves neither value behind."""
+    import sst_merge.merge as merge_module
+
+    calls = []
+    write = merge_module._write_peft
+
+    def fail_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise InputError("disk trouble")
+        return write(*args, **kwargs)
+
+    monkeypatch.setattr(merge_module, "_write_peft", fail_second)
+    out = tmp_path / "sweep"
+    with pytest.raises(InputError, match="disk trouble"):
+        merge_sweep(build_merge_config(sst_config(chat_base, chat_adapters, chat_data, out, beta_sweep=[0.0, 1.0])))
+    assert len(calls) == 2 and not out.exists() and not list(tmp_path.glob(".sweep*"))
+
+
+@pytest.mark.parametrize(("line", "problem"), [
+    ('{"prompt": "w1 w2"}', "line 2 needs string field(s) 'response'"),
+    ("not json", "line 2 is not JSON"),
+])
+def test_bad_data_line_is_found_before_the_model_loads(chat_base: Path, chat_adapters: list[Path],
+                                                       chat_data: dict[str, Path], tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture, no_model_load: None,
+                                                       line: str, problem: str) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(chat_data["u1"].read_text().splitlines()[0] + "\n" + line + "\n")
+    out = tmp_path / "out"
+    data = {**chat_data, "u0": bad}
+    assert main(_sst_argv(chat_base, chat_adapters, data, out, "--beta", "1")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{bad}: {problem}" in err
+    assert not out.exists()

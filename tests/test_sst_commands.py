@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from sst_merge.cli import main
@@ -58,3 +59,36 @@ def test_subspace_overlap_bounds() -> None:
     assert abs(subspace_overlap(X, X @ torch.randn(3, 2, generator=gen)) - 1) < 1e-9
     e = torch.eye(20)
     assert subspace_overlap(e[:, :3], e[:, 3:6]) == 0.0
+
+
+@pytest.mark.parametrize(("flags", "problem"), [
+    (["--weights", "abc"], "--weights 'abc': 0: Input should be a valid number"),
+    (["--weights", "1,nan"], "--weights '1,nan': 1: Input should be a finite number"),
+    (["--max-examples", "0"], "--max-examples must be at least 1, got 0"),
+    (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+    (["--max-length", "1"], "--max-length must be at least 2, got 1"),
+])
+def test_fisher_bad_flags(chat_base: Path, chat_adapters: list[Path], chat_data: dict[str, Path], tmp_path: Path,
+                          capsys: pytest.CaptureFixture, flags: list[str], problem: str) -> None:
+    out = tmp_path / "f.safetensors"
+    argv = ["fisher", "--base", str(chat_base), "--adapter", str(chat_adapters[0]), "--data", str(chat_data["u0"]),
+            "--output", str(out), *flags]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and problem in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_fisher_keeps_an_existing_output_without_force(chat_base: Path, chat_adapters: list[Path],
+                                                       chat_data: dict[str, Path], tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "f.safetensors"
+    out.write_text("precious")
+    argv = ["fisher", "--base", str(chat_base), "--adapter", str(chat_adapters[0]), "--data", str(chat_data["u0"]),
+            "--max-examples", "3", "--output", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{out}: output already exists (pass --force" in err
+    assert out.read_text() == "precious"
+    assert main([*argv, "--force"]) == 0
+    assert load_factors(out)[0] and sorted(p.name for p in tmp_path.iterdir()) == ["f.safetensors"]

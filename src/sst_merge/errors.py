@@ -35,3 +35,10 @@ def require_finite(tensors: Iterable[Any], message: str, path: str | Path | None
     """InputError(message, path) unless every tensor in `tensors` is finite (no NaN, no ±Inf)."""
     if not all(bool(t.isfinite().all()) for t in tensors):
         raise InputError(message, path)
+
+
+def require_at_least(minimum: int, **flags: int | None) -> None:
+    """InputError naming the first command-line flag (`batch_size` is --batch-size) set below `minimum`."""
+    for name, value in flags.items():
+        if value is not None and value < minimum:
+            raise InputError(f"--{name.replace('_', '-')} must be at least {minimum}, got {value}")

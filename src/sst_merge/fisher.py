@@ -25,11 +25,13 @@ from typing import Any, Literal
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from sst_merge.atomic import atomic_file
 from sst_merge.errors import InputError
 from sst_merge.jsonl import read_jsonl
 from sst_merge.progress import track
+from sst_merge.writers import save_tensors
 
 IGNORE = -100
 FORMAT = "sst-merge-fisher/1"
@@ -319,11 +321,9 @@ def save_factors(
             f"{name}::tokens": torch.tensor([f.tokens], dtype=torch.float64),
             f"{name}::U": U.float().contiguous(), f"{name}::V": V.float().contiguous(),
         })
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"format": FORMAT,
-                                                                                    "meta": json.dumps(meta)})
-    tmp.replace(path)
+    with atomic_file(path) as tmp:
+        save_tensors({k: v.contiguous() for k, v in tensors.items()}, tmp,
+                     metadata={"format": FORMAT, "meta": json.dumps(meta)})
 
 
 def load_factors(path: str | Path) -> tuple[dict[str, KFACFactors], dict[str, tuple[torch.Tensor, torch.Tensor]], dict]:

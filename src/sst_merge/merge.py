@@ -7,15 +7,16 @@ whole-model work) → per-module kernel → writer → provenance record.
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from sst_merge.atomic import atomic_output_dir, write_json_atomic
+from sst_merge.atomic import atomic_output_dir, check_output, write_json_atomic
 from sst_merge.base_model import adapted_module_shapes
 from sst_merge.errors import InputError, require_finite, validation_message
 from sst_merge.lora import load_adapter, validate_against_base
@@ -32,6 +33,18 @@ PROVENANCE_NAME = "sst_merge_provenance.json"
 COMMON_KEYS = ("base", "adapters", "method", "weights", "format", "rank", "output", "force", "dry_run")
 
 
+# One weight per adapter; NaN and ±Infinity are refused (pydantic would accept "nan" and "inf").
+Weights = list[Annotated[float, Field(allow_inf_nan=False)]]
+
+
+def parse_weights(text: str) -> list[float]:
+    """The --weights flag (comma-separated numbers) as finite floats; anything else is an InputError."""
+    try:
+        return TypeAdapter(Weights).validate_python([part.strip() for part in text.split(",") if part.strip()])
+    except ValidationError as exc:
+        raise InputError(f"--weights {text!r}: {validation_message(exc)}") from exc
+
+
 class MergeConfig(BaseModel):
     """A merge as data: the CLI flags and the YAML file both become one of these.
 
@@ -43,19 +56,12 @@ class MergeConfig(BaseModel):
     base: Path
     adapters: list[Path] = Field(min_length=1)
     method: str
-    weights: list[float] | None = None
+    weights: Weights | None = None
     format: Literal["peft", "full"] = "peft"
     rank: int | None = Field(None, ge=1, description="rank of a PEFT output; default: exact")
     output: Path
     force: bool = False
     dry_run: bool = False
-
-    @field_validator("weights")
-    @classmethod
-    def _finite_weights(cls, weights: list[float] | None) -> list[float] | None:
-        if weights is not None and any(w != w or abs(w) == float("inf") for w in weights):
-            raise ValueError("weights must be finite numbers")
-        return weights
 
     def method_params(self) -> dict[str, Any]:
         """The keys that belong to the method (everything not common)."""
@@ -176,16 +182,18 @@ def merge_adapters(
     config: MergeConfig,
     loaded: LoadedInputs | None = None,
     context: dict[str, Any] | None = None,
+    into: Path | None = None,
 ) -> MergeReport:
     """Merge the adapters of `config` and write the output it names.
 
     `loaded` and `context` let a sweep reuse validated inputs and the method's `prepare` result
-    (e.g. Fisher factors) across several outputs. Returns the report; with `dry_run`, validates
-    and plans without merging or writing anything.
+    (e.g. Fisher factors) across several outputs; `into`, an empty directory inside the sweep's own
+    temporary one, is written instead of `config.output`. Returns the report; with `dry_run`,
+    validates and plans without merging or writing anything.
     """
     started = time.perf_counter()
-    if config.output.exists() and not config.force and not config.dry_run:
-        raise InputError("output directory already exists (pass --force to replace it)", config.output)
+    if not config.dry_run and into is None:
+        check_output(config.output, config.force)
     loaded = loaded or load_inputs(config)
     job = loaded.job
     report = MergeReport(
@@ -205,7 +213,7 @@ def merge_adapters(
         context = loaded.method.prepare(job, loaded.params) if loaded.method.prepare else {}
         report.seconds["prepare"] = time.perf_counter() - tick
     tick = time.perf_counter()
-    with atomic_output_dir(config.output, force=config.force) as tmp:
+    with nullcontext(into) if into is not None else atomic_output_dir(config.output, force=config.force) as tmp:
         if config.format == "peft":
             _write_peft(config, loaded, context, tmp, report)
         else:
@@ -231,19 +239,25 @@ def merge_sweep(config: MergeConfig) -> list[MergeReport]:
     if sweep is None:
         return [merge_adapters(config, loaded)]
     field_name, values = sweep
-    if config.output.exists() and not config.force and not config.dry_run:
-        raise InputError("output directory already exists (pass --force to replace it)", config.output)
-    context = None
-    if not config.dry_run and loaded.method.prepare:
-        context = loaded.method.prepare(loaded.job, loaded.params)
-    reports = []
+    # Every value is validated before anything is computed or written.
+    points = []
     for value in values:
         point = build_merge_config({
             **config.model_dump(), field_name: value, f"{field_name}_sweep": None,
             "output": config.output / f"{field_name}={value:g}",
         })
-        _, params = resolve_params(point)
-        reports.append(merge_adapters(point, LoadedInputs(loaded.job, loaded.method, params), context))
+        points.append((point, LoadedInputs(loaded.job, loaded.method, resolve_params(point)[1])))
+    if config.dry_run:
+        return [merge_adapters(point, point_inputs) for point, point_inputs in points]
+    check_output(config.output, config.force)
+    context = loaded.method.prepare(loaded.job, loaded.params) if loaded.method.prepare else None
+    # One output for the whole sweep: a failure at the last value leaves none of them behind.
+    with atomic_output_dir(config.output, force=config.force) as tmp:
+        reports = []
+        for point, point_inputs in points:
+            into = tmp / point.output.name
+            into.mkdir()
+            reports.append(merge_adapters(point, point_inputs, context, into=into))
     return reports
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import struct
 from collections import defaultdict
@@ -11,6 +13,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from sst_merge.errors import InputError, require_finite
@@ -76,8 +79,20 @@ def write_peft_adapter(
         tensors[f"base_model.model.{module}.lora_A.weight"] = A.contiguous()
         tensors[f"base_model.model.{module}.lora_B.weight"] = B.contiguous()
     # One metadata key only: safetensors writes a map in arbitrary order, which would break byte-identity.
-    save_file(tensors, str(out_dir / SAFETENSORS_NAME), metadata={"format": "pt"})
+    save_tensors(tensors, out_dir / SAFETENSORS_NAME, metadata={"format": "pt"})
     (out_dir / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """safetensors' `save_file`, its I/O failures raised as the OSError they are (a full disk as ENOSPC),
+    which the atomic writers report as one line naming the output."""
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as exc:
+        code = re.search(r"os error (\d+)", str(exc))
+        if code is None:
+            raise
+        raise OSError(int(code[1]), os.strerror(int(code[1])), str(path)) from exc
 
 
 def base_shard_files(base: Path) -> list[str] | None:

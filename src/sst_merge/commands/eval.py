@@ -18,8 +18,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from sst_merge.atomic import write_json_atomic, write_text_atomic
-from sst_merge.errors import InputError
+from sst_merge.atomic import check_output, write_json_atomic, write_text_atomic
+from sst_merge.errors import InputError, require_at_least
 from sst_merge.eval.suites import SuiteOptions, load_suites, parse_suites
 
 
@@ -56,6 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "VALUE is parsed as JSON when it is JSON")
     parser.add_argument("--samples", type=Path, help="HumanEval samples JSONL (with the humaneval task)")
     parser.add_argument("--output", type=Path, help="results JSON")
+    parser.add_argument("--force", action="store_true", help="replace an existing results file (and its generations)")
     parser.set_defaults(func=run)
 
 
@@ -125,6 +126,7 @@ def run_humaneval_samples(args: argparse.Namespace) -> int:
         raise InputError("eval humaneval needs --samples FILE.jsonl and --output FILE.json")
     if not args.samples.is_file():
         raise InputError("samples file not found", args.samples)
+    check_output(args.output, args.force)
     try:
         from sst_merge.eval.humaneval import score_samples
     except ImportError as exc:
@@ -146,8 +148,9 @@ def run(args: argparse.Namespace) -> int:
     for flag in ("base", "suite", "output"):
         if getattr(args, flag) is None:
             raise InputError(f"eval needs --{flag}")
-    if args.limit is not None and args.limit < 1:
-        raise InputError("--limit must be at least 1")
+    require_at_least(1, limit=args.limit, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+    for output in (args.output, generations_path(args.output)):
+        check_output(output, args.force)
     suites = parse_suites(args.suite)
     from sst_merge.data.paths import resolve_data_dir
     from sst_merge.eval.judges import make_judge

@@ -14,9 +14,11 @@ from pathlib import Path
 
 from rich.console import Console
 
+from sst_merge.atomic import check_output
 from sst_merge.distributed import all_reduce_factors, init_from_env
+from sst_merge.errors import require_at_least
 from sst_merge.fisher import save_factors
-from sst_merge.merge import load_job
+from sst_merge.merge import load_job, parse_weights
 from sst_merge.methods.fisher_setup import FisherParams, factor_sets, identity, job_subspaces, load_extra_adapter
 
 
@@ -45,19 +47,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                         help="dtype of the model during the pass (factors are float64)")
     parser.add_argument("--cache-dir", type=Path, help="also store the factors in this cache")
+    parser.add_argument("--force", action="store_true", help="replace an existing output file")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Compute (or, from the cache, read) the factors and write them; under torchrun only rank 0 writes."""
     started = time.perf_counter()
-    weights = [float(w) for w in args.weights.split(",")] if args.weights else None
-    job = load_job(args.base, args.adapters, weights)  # the same job, so the same cache key, as the merge's
-    extra = [load_extra_adapter(args.safety_adapter, job)] if args.safety_adapter else []
+    # Every flag and the output are checked before an adapter or the model is read.
+    require_at_least(1, max_examples=args.max_examples, batch_size=args.batch_size)
+    require_at_least(2, max_length=args.max_length)
+    weights = parse_weights(args.weights) if args.weights is not None else None
+    check_output(args.output, args.force)
     params = FisherParams(safety_data=args.data, fisher_kind=args.kind, fisher_at=args.at,
                           fisher_max_examples=args.max_examples, fisher_max_length=args.max_length,
                           fisher_batch_size=args.batch_size, fisher_seed=args.seed, cache_dir=args.cache_dir,
                           device=args.device, fisher_dtype=args.dtype)
+    job = load_job(args.base, args.adapters, weights)  # the same job, so the same cache key, as the merge's
+    extra = [load_extra_adapter(args.safety_adapter, job)] if args.safety_adapter else []
     subspaces = job_subspaces(job, extra)
     rank, world = init_from_env()
     (factors,) = factor_sets(job, subspaces, [args.data], params, extra, rank, world,

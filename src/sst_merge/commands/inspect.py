@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from sst_merge.atomic import atomic_output_dir, write_json_atomic
+from sst_merge.atomic import atomic_output_dir, check_output, write_json_atomic
 from sst_merge.gevp import soft_filter
 from sst_merge.lora import LoraFactors
 from sst_merge.merge import build_merge_config, load_inputs
@@ -91,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         utility_data=args.utility_data, safety_adapter=args.safety_adapter, beta=args.beta, damping=args.damping,
         fisher_max_examples=args.fisher_max_examples, cache_dir=args.cache_dir, device=args.device,
     ))
+    check_output(args.output, args.force)
     loaded = load_inputs(config)
     contexts = loaded.method.prepare(loaded.job, loaded.params)
     beta = args.beta if args.beta is not None else next(iter(contexts.values())).beta

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from sst_merge.atomic import write_text_atomic
-from sst_merge.errors import InputError
+from sst_merge.atomic import check_output, write_text_atomic
+from sst_merge.errors import InputError, require_at_least
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,6 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="model-judge batch size (default 8)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--device-map", choices=["auto", "cpu", "cuda"], help="model-judge placement (default CPU)")
+    parser.add_argument("--force", action="store_true", help="replace an existing output file")
     parser.set_defaults(func=run)
 
 
@@ -33,6 +34,8 @@ def run(args: argparse.Namespace) -> int:
     from sst_merge.eval.safety import judge_rows
     from sst_merge.jsonl import read_jsonl
 
+    require_at_least(1, batch_size=args.batch_size)
+    check_output(args.output, args.force)
     rows = read_jsonl(args.input)
     for number, row in enumerate(rows, 1):
         if not isinstance(row.get("prompt"), str) or not isinstance(row.get("response"), str):

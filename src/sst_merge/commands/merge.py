@@ -11,7 +11,14 @@ from rich.console import Console
 from rich.table import Table
 
 from sst_merge.errors import InputError
-from sst_merge.merge import MergeConfig, MergeReport, build_merge_config, load_merge_config, merge_sweep
+from sst_merge.merge import (
+    MergeConfig,
+    MergeReport,
+    build_merge_config,
+    load_merge_config,
+    merge_sweep,
+    parse_weights,
+)
 from sst_merge.methods import get_method, method_names
 
 
@@ -78,7 +85,7 @@ def config_from_args(args: argparse.Namespace) -> MergeConfig:
         if getattr(args, key) is not None
     }
     if args.weights is not None:
-        values["weights"] = _split(args.weights)
+        values["weights"] = parse_weights(args.weights)
     for key, value in vars(args).items():
         if key.startswith("param_") and value is not None:
             values[key.removeprefix("param_")] = (

@@ -9,6 +9,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from sst_merge.errors import require_at_least
 from sst_merge.testbed import build_testbed, load_testbed
 from sst_merge.testbed.config import PRESETS
 
@@ -37,6 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_build(args: argparse.Namespace) -> int:
     """Build, then print the directory and the measured metrics."""
+    require_at_least(1, experts=args.experts, workers=args.workers, threads=args.threads)
     path = build_testbed(experts=args.experts, seed=args.seed, out=args.out, force=args.force, preset=args.preset,
                          workers=args.workers, threads=args.threads)
     manifest = load_testbed(path).manifest

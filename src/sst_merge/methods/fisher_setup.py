@@ -13,7 +13,6 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from sst_merge.errors import InputError
 from sst_merge.fisher import (
     FisherOptions,
     KFACFactors,
@@ -22,6 +21,7 @@ from sst_merge.fisher import (
     dir_fingerprint,
     file_fingerprint,
     fisher_pass,
+    read_chat_jsonl,
 )
 from sst_merge.lora import LoraAdapter, load_adapter, validate_against_base
 from sst_merge.methods.base import MergeJob, MethodParams
@@ -119,8 +119,7 @@ def factor_sets(
     The model is loaded only if some dataset is not in the cache.
     """
     for path in datasets:
-        if not Path(path).is_file():
-            raise InputError("data file not found", path)
+        read_chat_jsonl(path)  # a bad line is found before the model loads, not after
     options = params.fisher_options()
     bases = {name: (s.U, s.V) for name, s in subspaces.items() if s.p and s.q}
     ident = identity(job, extra, params.fisher_at)
