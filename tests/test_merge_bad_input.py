@@ -276,11 +276,17 @@ def test_overflowing_weights_write_nothing(tiny_base, tiny_adapters, tmp_path, c
 
 
 def test_update_that_overflows_a_float16_base(tiny_adapters, tmp_path, capsys):
-    """ΔW finite in float32, W0 + ΔW beyond float16's range: the full writer refuses it."""
+    """ΔW finite in float32, W0 + ΔW beyond float16's range: the full writer refuses it mid-write, and the
+    output it was to replace (--force) is left as it was."""
     half = make_random_llama(tmp_path / "half", dtype=torch.float16)
     big = _copy(tiny_adapters[0], tmp_path / "big")
     _edit_config(big, lora_alpha=1e7)
     out = tmp_path / "out"
-    code, err = _run(capsys, [*_common(half, [big], out), "--method", "ta", "--format", "full"])
-    _assert_rejected(code, err, out, "W0 + ΔW of model.layers.0", "NaN or Inf values in F16")
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    code, err = _run(capsys, [*_common(half, [big], out), "--method", "ta", "--format", "full", "--force"])
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "W0 + ΔW of model.layers.0" in err and "NaN or Inf values in F16" in err
+    assert [p.name for p in out.iterdir()] == ["keep.txt"] and not list(tmp_path.glob(".out*"))
+    out = tmp_path / "peft"
     assert _run(capsys, [*_common(half, [big], out), "--method", "ta"])[0] == 0  # the PEFT output is float32
