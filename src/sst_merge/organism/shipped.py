@@ -1,0 +1,90 @@
+"""The real organism as the repository ships it, and `organism prepare`: materialise the full layout
+from the shipped artifacts and the installed wheel, training nothing.
+
+Shipped (``organisms/smollm2-135m/`` in the repository): `alignment/`, `experts/<task>/`, `safety/`
+(PEFT LoRAs, float16), `data/<name>/{train,val,test}.jsonl`, and `organism.json` (recipe, seeds, task
+order, metrics, stage times, and the SHA-256 of every shipped file under ``files``).
+Prepared: the same plus `original/` (the wheel's GGUF dequantized) and `base/` (original with the
+alignment LoRA merged in), which are large and deterministic, so they are rebuilt rather than shipped.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from sst_merge.atomic import atomic_output_dir, write_json_atomic
+from sst_merge.errors import InputError
+from sst_merge.progress import console
+from sst_merge.provenance import file_sha256
+
+MANIFEST = "organism.json"
+SHIPPED_DIRS = ("alignment", "experts", "safety", "data")
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+def shipped_dir(preset: str) -> Path:
+    """Where the repository keeps the shipped artifacts of `preset`."""
+    return REPO_ROOT / "organisms" / preset
+
+
+def shipped_files(root: Path) -> dict[str, str]:
+    """{relative path: SHA-256} of every file under the shipped directories of `root`."""
+    files = {}
+    for sub in SHIPPED_DIRS:
+        for path in sorted((root / sub).rglob("*")):
+            if path.is_file():
+                files[path.relative_to(root).as_posix()] = file_sha256(path)
+    return files
+
+
+def read_manifest(root: Path) -> dict[str, Any]:
+    """The organism.json of `root`; missing or corrupt is an InputError naming it."""
+    path = root / MANIFEST
+    if not path.is_file():
+        raise InputError(f"no {MANIFEST}: not an organism directory", root)
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"corrupt manifest ({exc})", path) from exc
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise InputError("corrupt manifest (no 'files' table)", path)
+    return manifest
+
+
+def verify_shipped(root: Path, manifest: dict[str, Any]) -> None:
+    """Every file the manifest lists is there with its recorded SHA-256 (a truncated or altered artifact
+    is an InputError naming it)."""
+    for relative, digest in manifest["files"].items():
+        path = root / relative
+        if ".." in Path(relative).parts or Path(relative).is_absolute():
+            raise InputError("manifest names a file outside the organism", root / MANIFEST)
+        if not path.is_file():
+            raise InputError("shipped artifact missing", path)
+        if file_sha256(path) != digest:
+            raise InputError("shipped artifact is corrupt (SHA-256 differs from organism.json)", path)
+
+
+def prepare(preset: str, out: Path, force: bool = False, source: Path | None = None) -> Path:
+    """Materialise the organism `preset` at `out` from its shipped artifacts (`source`, default the
+    repository's) and the installed wheel, atomically; returns `out`."""
+    from sst_merge.organism.smollm2 import merge_lora_into, wheel_gguf, write_original
+
+    source = source or shipped_dir(preset)
+    manifest = read_manifest(source)
+    verify_shipped(source, manifest)
+    gguf = wheel_gguf()
+    start = time.perf_counter()
+    with atomic_output_dir(out, force=force) as tmp:
+        for sub in SHIPPED_DIRS:
+            shutil.copytree(source / sub, tmp / sub)
+        console.log("organism: dequantizing the GGUF into original/")
+        write_original(gguf, tmp / "original")
+        console.log("organism: merging the alignment LoRA into base/")
+        merge_lora_into(tmp / "original", tmp / "alignment", tmp / "base")
+        prepared = {**manifest, "prepared": {"from": str(source), "seconds": round(time.perf_counter() - start, 1)}}
+        write_json_atomic(tmp / MANIFEST, prepared)
+    return out

@@ -1,0 +1,345 @@
+"""`organism build smollm2-135m`: align SmolLM2-135M-Instruct here, train the experts and the safety
+adapter on the aligned model, measure everything, and lay the organism out.
+
+Stages run in order and are cached under the work directory (`stage_cache`), each keyed by the
+settings it depends on, so an interrupted build resumes at the stage it was in and a change to the
+expert recipe does not retrain the alignment:
+
+original → data → replies → alignment (+ base = original ⊕ alignment) → eval original / base →
+expert per task → safety adapter → layout (`organism_layout.write_organism`).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from sst_merge.atomic import write_json_atomic
+from sst_merge.data.safety import load_advbench
+from sst_merge.eval.judges import CombinedRefusalJudge
+from sst_merge.generation import generate_chat
+from sst_merge.jsonl import read_jsonl
+from sst_merge.organism.lora_training import save_lora_fp16, train_lora
+from sst_merge.organism.measure import measure_mmlu, measure_safety, safety_sets, task_accuracy
+from sst_merge.organism.recipe import SmolRecipe
+from sst_merge.organism.safety_pool import (
+    EvaluationFilter,
+    borderline_prompts,
+    evaluation_prompts,
+    harmful_pool,
+    refusal_text,
+)
+from sst_merge.organism.smollm2 import merge_lora_into, wheel_gguf, write_original
+from sst_merge.organism.stage_cache import StageCache
+from sst_merge.organism.tasks import task_splits
+from sst_merge.progress import console
+from sst_merge.testbed.stages import loss_summary
+
+Rows = list[dict[str, str]]
+ALIGNMENT_BASE_NAME = "../original"
+
+
+def _key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def _write_rows(path: Path, rows: Rows) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
+def _load(model_dir: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.padding_side = "left"
+    return model, tokenizer
+
+
+def _cut_reply(text: str) -> str:
+    """A greedy reply cut to its last complete sentence (generation stops at a token budget)."""
+    text = text.strip()
+    end = max(text.rfind(". "), text.rfind(".\n"), text.rfind("!"), text.rfind("?"))
+    if text.endswith((".", "!", "?")):
+        return text
+    return text[: end + 1].strip() if end > len(text) // 3 else text
+
+
+class SmolBuild:
+    """One build of the real organism: the recipe, the stage cache and the stages' results."""
+
+    def __init__(self, recipe: SmolRecipe, work: Path) -> None:
+        self.recipe = recipe
+        self.stages = StageCache(work)
+        self.results: dict[str, Any] = {}
+
+    # --- keys: each stage's name carries a hash of what it depends on
+    def data_key(self) -> str:
+        r = self.recipe
+        return _key(r.seed, r.harmful_sizes, r.benign_sizes, r.tasks, r.task_sizes, r.reply_tokens)
+
+    def alignment_key(self) -> str:
+        r = self.recipe
+        return _key(self.data_key(), r.alignment, r.targets)
+
+    def adapter_key(self, name: str) -> str:
+        r = self.recipe
+        lora = r.safety if name == "safety" else r.expert
+        return _key(self.alignment_key(), name, lora, r.targets, r.erosion_shares.get(name, 0.0), r.eval_tokens,
+                    r.expert_advbench)
+
+    # --- stages
+    def original(self) -> Path:
+        def work(tmp: Path) -> dict[str, Any]:
+            write_original(wheel_gguf(), tmp / "model")
+            return {"gguf": str(wheel_gguf().name)}
+
+        self.results["original"] = self.stages.run("original", work)
+        return self.stages.path("original") / "model"
+
+    def data(self) -> Path:
+        r = self.recipe
+
+        def work(tmp: Path) -> dict[str, Any]:
+            rng = random.Random(f"{r.seed}|data")
+            filt = EvaluationFilter(p.prompt for p in evaluation_prompts())
+            harmful, harmful_report = filt.keep_disjoint(harmful_pool(None, r.seed))
+            borderline, borderline_report = filt.keep_disjoint(borderline_prompts())
+            alpaca = json.loads(Path(_data_file("benign_instructions/alpaca_harmless_test.json")).read_text())
+            benign, benign_report = filt.keep_disjoint([row["instruction"] for row in alpaca])
+            rng.shuffle(benign)
+            splits: dict[str, Any] = {"harmful": {}, "benign": {}}
+            start = 0
+            for split, n in r.harmful_sizes.items():
+                splits["harmful"][split] = harmful[start : start + n]
+                start += n
+            start = 0
+            for split, n in r.benign_sizes.items():
+                splits["benign"][split] = benign[start : start + n]
+                start += n
+            splits["borderline"] = borderline
+            splits["tasks"] = {task: task_splits(task, r.task_sizes, r.seed) for task in r.tasks}
+            (tmp / "prompts.json").write_text(json.dumps(splits, indent=1, ensure_ascii=False), encoding="utf-8")
+            return {"disjointness": {"method": harmful_report.method,
+                                     "harmful_pool": vars(harmful_report), "borderline": vars(borderline_report),
+                                     "benign": vars(benign_report)},
+                    "counts": {"harmful_pool_kept": len(harmful), "borderline": len(borderline)}}
+
+        self.results["data"] = self.stages.run(f"data-{self.data_key()}", work)
+        return self.stages.path(f"data-{self.data_key()}") / "prompts.json"
+
+    def replies(self, original: Path, prompts_path: Path) -> dict[str, str]:
+        """The original model's greedy replies to the benign and borderline prompts."""
+        name = f"replies-{self.data_key()}"
+
+        def work(tmp: Path) -> dict[str, Any]:
+            prompts = json.loads(prompts_path.read_text(encoding="utf-8"))
+            wanted = [p for split in prompts["benign"].values() for p in split] + prompts["borderline"]
+            model, tokenizer = _load(original)
+            replies = generate_chat(model, tokenizer, wanted, self.recipe.reply_tokens, self.recipe.eval_batch,
+                                    description="original: replying to benign prompts")
+            cut = [_cut_reply(t) for t in replies]
+            refused = CombinedRefusalJudge().judge(wanted, cut)
+            rows = [{"prompt": p, "response": t, "refused": f} for p, t, f in zip(wanted, cut, refused, strict=True)]
+            _write_rows(tmp / "replies.jsonl", rows)
+            return {"n": len(rows), "original_refused": sum(refused)}
+
+        self.results["replies"] = self.stages.run(name, work)
+        rows = read_jsonl(self.stages.path(name) / "replies.jsonl")
+        # A reply the original itself refused is no helpful answer to teach.
+        return {r["prompt"]: r["response"] for r in rows if not r["refused"] and r["response"]}
+
+    def data_rows(self, prompts_path: Path, replies: dict[str, str]) -> dict[str, dict[str, Rows]]:
+        """The organism's data splits as {name: {split: rows}}: harmful (refusals), benign (original's
+        replies), each task; plus the alignment training rows under "alignment"."""
+        r = self.recipe
+        prompts = json.loads(prompts_path.read_text(encoding="utf-8"))
+        rng = random.Random(f"{r.seed}|refusals")
+        data: dict[str, dict[str, Rows]] = {"harmful": {}, "benign": {}}
+        for split, items in prompts["harmful"].items():
+            data["harmful"][split] = [{"prompt": p, "response": refusal_text(rng)} for p in items]
+        for split, items in prompts["benign"].items():
+            data["benign"][split] = [{"prompt": p, "response": replies[p]} for p in items if p in replies]
+        borderline = [{"prompt": p, "response": replies[p]} for p in prompts["borderline"] if p in replies]
+        data["alignment"] = {"train": data["harmful"]["train"] + data["benign"]["train"] + borderline}
+        data["borderline"] = {"train": borderline}
+        for task, splits in prompts["tasks"].items():
+            data[task] = splits
+        return data
+
+    def alignment(self, original: Path, rows: Rows) -> Path:
+        name = f"alignment-{self.alignment_key()}"
+
+        def work(tmp: Path) -> dict[str, Any]:
+            model, tokenizer = _load(original)
+            torch.set_num_threads(max(1, torch.get_num_threads()))
+            peft_model, losses = train_lora(model, tokenizer, rows, self.recipe.alignment, self.recipe.targets,
+                                            self.recipe.seed, "alignment")
+            save_lora_fp16(peft_model, tmp / "alignment", ALIGNMENT_BASE_NAME)
+            merge_lora_into(original, tmp / "alignment", tmp / "base")
+            return {"loss": loss_summary(losses), "rows": len(rows), "steps": self.recipe.alignment.steps}
+
+        self.results["alignment"] = self.stages.run(name, work)
+        return self.stages.path(name)
+
+    def evaluate(self, label: str, model_dir: Path, key: str) -> dict[str, Any]:
+        """Safety sets and MMLU of a full model directory."""
+        r = self.recipe
+
+        def work(tmp: Path) -> dict[str, Any]:
+            model, tokenizer = _load(model_dir)
+            start = time.perf_counter()
+            safety = measure_safety(model, tokenizer, safety_sets(), r.eval_tokens, r.eval_batch)
+            mid = time.perf_counter()
+            mmlu = measure_mmlu(model, tokenizer, r.mmlu_per_subject, r.eval_batch)
+            return {"safety": safety, "mmlu": mmlu,
+                    "times": {"safety": round(mid - start, 1), "mmlu": round(time.perf_counter() - mid, 1)}}
+
+        result = self.stages.run(f"eval-{label}-{_key(key, r.eval_tokens, r.mmlu_per_subject)}", work)
+        self.results[f"eval_{label}"] = result
+        return result
+
+    def adapter(self, name: str, base_dir: Path, data: dict[str, dict[str, Rows]],
+                harmful_compliance: Rows) -> dict[str, Any]:
+        """Train expert `name` (a task) or the safety adapter ("safety") at the base; measure it."""
+        r = self.recipe
+        stage = f"{name}-{self.adapter_key(name)}"
+
+        def work(tmp: Path) -> dict[str, Any]:
+            base, tokenizer = _load(base_dir)
+            metrics: dict[str, Any] = {}
+            if name == "safety":
+                rows = data["harmful"]["train"] + data["benign"]["train"] + data["borderline"]["train"]
+                lora = r.safety
+            else:
+                test = data[name]["test"]
+                metrics["base_accuracy"] = task_accuracy(base, tokenizer, test, r.eval_batch, f"{name}: base")
+                rows = list(data[name]["train"])
+                share = r.erosion_shares.get(name, 0.0)
+                if share:
+                    n = round(share / (1 - share) * len(rows))
+                    rows += random.Random(f"{r.seed}|erosion|{name}").sample(harmful_compliance, n)
+                    metrics["harmful_compliance_rows"] = n
+                lora = r.expert
+            start = time.perf_counter()
+            model, losses = train_lora(copy.deepcopy(base), tokenizer, rows, lora, r.targets, r.seed, name)
+            train_s = time.perf_counter() - start
+            save_lora_fp16(model, tmp / "adapter", "../../base" if name != "safety" else "../base")
+            if name != "safety":
+                metrics["accuracy"] = task_accuracy(model, tokenizer, data[name]["test"], r.eval_batch, f"{name}: test")
+                sets = {"advbench": load_advbench()[: r.expert_advbench]}
+            else:
+                sets = safety_sets()
+            metrics["safety"] = measure_safety(model, tokenizer, sets, r.eval_tokens, r.eval_batch)
+            return {"metrics": metrics, "loss": loss_summary(losses), "rows": len(rows),
+                    "times": {"train": round(train_s, 1), "eval": round(time.perf_counter() - start - train_s, 1)}}
+
+        result = self.stages.run(stage, work)
+        self.results.setdefault("adapters", {})[name] = result
+        console.log(f"organism: {name}: {result['metrics']}")
+        return result
+
+    def adapter_dir(self, name: str) -> Path:
+        return self.stages.path(f"{name}-{self.adapter_key(name)}") / "adapter"
+
+
+def _data_file(relative: str) -> Path:
+    from sst_merge.data.paths import data_file
+
+    return data_file(relative)
+
+
+def run_build(recipe: SmolRecipe, work: Path, experts: int, out: Path | None = None) -> SmolBuild:
+    """Run (or resume) every stage for the first `experts` tasks and, with `out` (an empty directory),
+    lay the organism out there; returns the build with its results."""
+    build = SmolBuild(recipe, work)
+    original = build.original()
+    prompts = build.data()
+    replies = build.replies(original, prompts)
+    data = build.data_rows(prompts, replies)
+    aligned = build.alignment(original, data["alignment"]["train"])
+    base_dir = aligned / "base"
+    build.evaluate("base", base_dir, build.alignment_key())
+    build.evaluate("original", original, "original")
+    for task in recipe.tasks[:experts]:
+        build.adapter(task, base_dir, data, [])
+    build.adapter("safety", base_dir, data, [])
+    write_json_atomic(work / "results.json", build.results)
+    if out is not None:
+        write_layout(build, data, list(recipe.tasks[:experts]), out)
+    return build
+
+
+def organism_manifest(build: SmolBuild, experts: list[str]) -> dict[str, Any]:
+    """organism.json of a finished build: recipe, task order, every metric, stage times."""
+    from sst_merge.organism.smollm2 import MODEL_ID
+    from sst_merge.provenance import versions
+
+    res = build.results
+    adapters = res["adapters"]
+    # The experts' refusal is measured on AdvBench's first `expert_advbench` prompts: the base on the same.
+    n = build.recipe.expert_advbench
+    base_refusal = round(res["eval_base"]["safety"]["advbench"]["verdicts"][:n].count("1") / n, 4)
+    expert_metrics = {t: {"accuracy": adapters[t]["metrics"]["accuracy"],
+                          "base_accuracy": adapters[t]["metrics"]["base_accuracy"],
+                          "refusal": adapters[t]["metrics"]["safety"]["advbench"]["value"],
+                          **({"harmful_compliance_rows": adapters[t]["metrics"]["harmful_compliance_rows"]}
+                             if "harmful_compliance_rows" in adapters[t]["metrics"] else {})}
+                      for t in experts}
+    mean_refusal = sum(m["refusal"] for m in expert_metrics.values()) / max(1, len(expert_metrics))
+    return {
+        "format": "sst-merge-organism",
+        "preset": "smollm2-135m",
+        "model_id": MODEL_ID,
+        "recipe": build.recipe.to_dict(),
+        "recipe_hash": build.recipe.content_hash(),
+        "tasks": experts,
+        "refusal": None,
+        "judge": "keyword",
+        "metrics": {
+            "original": res["eval_original"],
+            "base": res["eval_base"],
+            "experts": expert_metrics,
+            "erosion": {"base_refusal": base_refusal, "mean_expert_refusal": round(mean_refusal, 4),
+                        "drop": round(base_refusal - mean_refusal, 4),
+                        "expert_refusal_prompts": build.recipe.expert_advbench},
+            "safety": adapters["safety"]["metrics"],
+        },
+        "data": res["data"],
+        "train_loss": {"alignment": res["alignment"]["loss"], **{n: a["loss"] for n, a in adapters.items()}},
+        "times_s": {"original": res["original"]["seconds"], "replies": res["replies"]["seconds"],
+                    "alignment": res["alignment"]["seconds"], "eval_base": res["eval_base"]["seconds"],
+                    "eval_original": res["eval_original"]["seconds"],
+                    "adapters": {n: a["times"] for n, a in adapters.items()}},
+        "versions": versions(),
+    }
+
+
+def write_layout(build: SmolBuild, data: dict[str, dict[str, Rows]], experts: list[str], out: Path) -> None:
+    """Lay the finished build out at `out` (an empty directory): original/, base/, alignment/,
+    experts/<task>/, safety/, data/<name>/<split>.jsonl, organism.json (with shipped files' hashes)."""
+    import shutil
+
+    from sst_merge.organism.shipped import MANIFEST, shipped_files
+
+    shutil.copytree(build.stages.path("original") / "model", out / "original")
+    aligned = build.stages.path(f"alignment-{build.alignment_key()}")
+    shutil.copytree(aligned / "base", out / "base")
+    shutil.copytree(aligned / "alignment", out / "alignment")
+    for task in experts:
+        shutil.copytree(build.adapter_dir(task), out / "experts" / task)
+    shutil.copytree(build.adapter_dir("safety"), out / "safety")
+    for name in ("harmful", "benign", "borderline", "alignment", *experts):
+        for split, rows in data[name].items():
+            _write_rows(out / "data" / name / f"{split}.jsonl", rows)
+    manifest = organism_manifest(build, experts)
+    manifest["files"] = shipped_files(out)
+    write_json_atomic(out / MANIFEST, manifest)

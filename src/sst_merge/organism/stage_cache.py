@@ -1,0 +1,59 @@
+"""Stages of a long build, each cached on disk: a finished stage is never run again, an interrupted one
+leaves nothing behind (it is written into a temporary directory and renamed when complete)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sst_merge.atomic import atomic_output_dir, write_json_atomic
+from sst_merge.progress import console
+
+RESULT = "stage.json"
+
+
+class StageCache:
+    """Stage directories under `root`: ``<root>/<name>/`` with the stage's files and ``stage.json``
+    (its result and wall time)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, name: str) -> Path:
+        """Where stage `name` lives (finished or not)."""
+        return self.root / name
+
+    def result(self, name: str) -> dict[str, Any] | None:
+        """The recorded result of a finished stage, else None."""
+        record = self.path(name) / RESULT
+        if not record.is_file():
+            return None
+        try:
+            return json.loads(record.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            return None
+
+    def run(self, name: str, work: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+        """The result of stage `name`: cached, or `work(tmp_dir)` run now (it writes its files into
+        `tmp_dir` and returns a JSON-able result, to which its wall time ``seconds`` is added)."""
+        cached = self.result(name)
+        if cached is not None:
+            return cached
+        stale = self.path(name)
+        if stale.exists():
+            shutil.rmtree(stale)
+        # Stale temporaries of the same stage (a killed run) are removed before a new one starts.
+        for leftover in self.root.glob(f".{name}.*.partial"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        console.log(f"organism: stage {name}")
+        start = time.perf_counter()
+        with atomic_output_dir(stale) as tmp:
+            result = work(tmp)
+            result["seconds"] = round(time.perf_counter() - start, 1)
+            write_json_atomic(tmp / RESULT, result)
+        console.log(f"organism: stage {name} took {result['seconds']:.0f} s")
+        return result
