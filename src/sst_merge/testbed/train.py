@@ -28,6 +28,19 @@ def encode_examples(tokenizer: PreTrainedTokenizerBase, rows: Sequence[dict[str,
     return examples
 
 
+def reply_loss(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token cross-entropy over the labelled (reply) positions, as the model's own loss, with
+    the LM head applied to those positions only: with a 49k-token vocabulary the head over every
+    prompt position was a large share of a training step's work.
+    """
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = causal_lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    labels = batch["labels"][:, 1:]
+    keep = labels != IGNORE
+    logits = causal_lm.lm_head(hidden[:, :-1][keep])
+    return torch.nn.functional.cross_entropy(logits.float(), labels[keep])
+
+
 def train_lm(
     model: PreTrainedModel,
     examples: Sequence[Example],
@@ -67,7 +80,7 @@ def train_lm(
     for _ in track(range(steps), description):
         idx = torch.randint(len(examples), (batch_size,), generator=gen).tolist()
         batch = collate([examples[i] for i in idx], pad_id)
-        loss = model(**batch).loss
+        loss = reply_loss(model, batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
