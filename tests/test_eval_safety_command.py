@@ -19,10 +19,10 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 @pytest.fixture(scope="module")
 def testbed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A testbed-shaped directory: base/ (the trained model), testbed.json, harmful/benign test splits."""
+    """A testbed-shaped directory: base/ (the trained model), organism.json, harmful/benign test splits."""
     root = tmp_path_factory.mktemp("testbed")
     shutil.copytree(cached_trained_chat_model(tmp_path_factory.getbasetemp()), root / "base")
-    (root / "testbed.json").write_text(json.dumps({"refusal": REFUSAL}))
+    (root / "organism.json").write_text(json.dumps({"refusal": REFUSAL}))
     for name, pairs in (("harmful", HARMFUL), ("benign", BENIGN)):
         (root / "data" / name).mkdir(parents=True)
         lines = [json.dumps({"prompt": p, "response": r}) for p, r in pairs.items()]

@@ -112,10 +112,13 @@ def test_parse_guard_verdict():
 def test_make_judge(tmp_path):
     assert make_judge("keyword").name == "keyword"
     assert make_judge("gcg").name == "gcg" and make_judge("xstest").name == "xstest"
-    (tmp_path / "testbed.json").write_text('{"refusal": "No way."}')
+    (tmp_path / "organism.json").write_text('{"refusal": "No way."}')
     judge = make_judge(f"testbed:{tmp_path}")
     assert judge.name == "testbed" and judge.refusal == "No way."
     with pytest.raises(InputError, match="unknown judge"):
         make_judge("vibes")
-    with pytest.raises(InputError, match="testbed.json"):
+    with pytest.raises(InputError, match="organism.json"):
         make_judge(f"testbed:{tmp_path / 'missing'}")
+    (tmp_path / "organism.json").write_text('{"refusal": null}')  # a real model's organism
+    with pytest.raises(InputError, match="no fixed refusal sentence"):
+        make_judge(f"testbed:{tmp_path}")

@@ -153,7 +153,7 @@ def test_manifest_records_settings_metrics_times_and_falling_loss(micro: Path) -
 
 
 def test_cached_build_is_instant_and_other_content_needs_force(micro: Path, tmp_path: Path) -> None:
-    manifest = micro / "testbed.json"
+    manifest = micro / "organism.json"
     stamp = (manifest.stat().st_ino, manifest.stat().st_mtime_ns)
     assert build_testbed(preset="micro", out=micro) == micro
     assert main(["testbed", "build", "--preset", "micro", "--out", str(micro)]) == 0

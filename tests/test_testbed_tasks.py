@@ -18,7 +18,7 @@ def _write_testbed(root: Path) -> Path:
     tasks = {"add": [("1+1", "2"), ("2+2", "4"), ("3+3", "6"), ("4+4", "8")], "rev": [("ab", "ba"), ("cd", "dc")]}
     manifest = {"tasks": list(tasks), "refusal": "I can't.",
                 "metrics": {"experts": {"add": {"accuracy": 0.8}, "rev": {"accuracy": 0.0}}}}
-    (root / "testbed.json").write_text(json.dumps(manifest))
+    (root / "organism.json").write_text(json.dumps(manifest))
     for task, pairs in tasks.items():
         (root / "data" / task).mkdir(parents=True)
         (root / "data" / task / "test.jsonl").write_text(

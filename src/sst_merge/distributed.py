@@ -33,7 +33,7 @@ def init_from_env(backend: str | None = None) -> tuple[int, int]:
 
 
 def all_reduce_factors(factors: dict[str, KFACFactors]) -> dict[str, KFACFactors]:
-    """Sum every module's factor sums and token count over all processes (in place; also returned).
+    """Sum every module's factor sums and counts over all processes (in place in the dict; also returned).
 
     All tensors travel in one flat float64 buffer, in sorted module order, so there is one
     collective per call whatever the number of modules.
@@ -41,11 +41,8 @@ def all_reduce_factors(factors: dict[str, KFACFactors]) -> dict[str, KFACFactors
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return factors
     names = sorted(factors)
-    parts = []
-    for name in names:
-        f = factors[name]
-        parts += [f.A_sum.reshape(-1), f.G_sum.reshape(-1), f.diag_sum.reshape(-1),
-                  torch.tensor([f.tokens], dtype=torch.float64)]
+    # Every sum and count of every module, in the order `KFACFactors.tensors` gives them.
+    parts = [t.reshape(-1) for name in names for t in factors[name].tensors().values()]
     flat = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
     flat = flat.to(device)
@@ -53,10 +50,9 @@ def all_reduce_factors(factors: dict[str, KFACFactors]) -> dict[str, KFACFactors
     flat = flat.cpu()
     offset = 0
     for name in names:
-        f = factors[name]
-        for tensor in (f.A_sum, f.G_sum, f.diag_sum):
-            tensor.copy_(flat[offset : offset + tensor.numel()].reshape(tensor.shape))
+        reduced = {}
+        for key, tensor in factors[name].tensors().items():
+            reduced[key] = flat[offset : offset + tensor.numel()].reshape(tensor.shape).clone()
             offset += tensor.numel()
-        f.tokens = float(flat[offset])
-        offset += 1
+        factors[name] = KFACFactors.from_tensors(reduced)
     return factors

@@ -4,13 +4,17 @@ For y = W x the per-token gradient of a core C (δW = U C Vᵀ) is g̃ x̃ᵀ wi
 g̃ = Uᵀ ∂ℓ/∂y (p,). Forward hooks on the adapted Linear modules record x̃, tensor hooks on their
 outputs record g̃, and per module we keep the sums
 
-    Σ x̃x̃ᵀ (q, q),   Σ g̃g̃ᵀ (p, p),   Σ (g̃∘g̃)(x̃∘x̃)ᵀ (p, q)  (the exact per-token diagonal)
+    Σ x̃x̃ᵀ (q, q),   Σ g̃g̃ᵀ (p, p),   Σ (g̃∘g̃)(x̃∘x̃)ᵀ (p, q)  (the exact per-token diagonal),
+    Σ g̃x̃ᵀ (p, q)  (the gradient of the summed loss w.r.t. the core)
 
 and the token count. Sums and counts add, so factors of several passes or processes combine exactly;
-Ā = Σx̃x̃ᵀ/n, Ḡ = Σg̃g̃ᵀ/n. The loss is the summed NLL of the response tokens only (the prompt is
-context); every non-padding position contributes x̃ and g̃. The Fisher is taken at the base model,
-or at the base plus given updates (`deltas`, e.g. the task-arithmetic merge): the adapters are then
-applied to the weights before the pass.
+Ā = Σx̃x̃ᵀ/n, Ḡ = Σg̃g̃ᵀ/n, g = Σg̃x̃ᵀ/n (the gradient of the per-token loss whose curvature Ā ⊗ Ḡ
+approximates). The loss is the summed NLL of the response tokens only (the prompt is context); every
+non-padding position contributes x̃ and g̃. The pass also records the data's NLL (nats per response
+token), the number that says whether the Fisher is informative there: at a base trained on the very
+rows it is ~0, and so are its gradients. The Fisher is taken at the base model, or at the base plus
+given low-rank updates (`updates`, e.g. the task-arithmetic merge or a filtered merge), added to the
+weights for the pass.
 """
 
 from __future__ import annotations
@@ -34,18 +38,27 @@ from sst_merge.progress import track
 from sst_merge.writers import save_tensors
 
 IGNORE = -100
-FORMAT = "sst-merge-fisher/1"
+FORMAT = "sst-merge-fisher/2"
 FisherKind = Literal["empirical", "true"]
 
 
 @dataclass
 class KFACFactors:
-    """Accumulated sums of one module (float64): A_sum (q, q), G_sum (p, p), diag_sum (p, q); tokens (count)."""
+    """Accumulated sums of one module (float64): A_sum (q, q), G_sum (p, p), diag_sum (p, q), grad_sum
+    (p, q); tokens (count of positions). loss_sum (nats) and labels (count) are the data's summed NLL
+    over its response tokens, for the record."""
 
     A_sum: torch.Tensor
     G_sum: torch.Tensor
     diag_sum: torch.Tensor
     tokens: float = 0.0
+    grad_sum: torch.Tensor | None = None
+    loss_sum: float = 0.0
+    labels: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.grad_sum is None:
+            self.grad_sum = torch.zeros_like(self.diag_sum)
 
     @classmethod
     def zeros(cls, p: int, q: int) -> KFACFactors:
@@ -71,12 +84,41 @@ class KFACFactors:
         """Diagonal Fisher of the core, E[(g̃∘g̃)(x̃∘x̃)ᵀ] (p, q)."""
         return self._mean(self.diag_sum)
 
+    @property
+    def grad(self) -> torch.Tensor:
+        """Mean gradient of the loss w.r.t. the core, Σ g̃x̃ᵀ / tokens (p, q): the gradient of the
+        per-token loss whose Fisher is Ā ⊗ Ḡ (of the sampled-label loss for the true Fisher)."""
+        return self._mean(self.grad_sum)
+
+    @property
+    def nll(self) -> float:
+        """The data's mean NLL in nats per response token (0 when nothing was accumulated)."""
+        return self.loss_sum / self.labels if self.labels > 0 else 0.0
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Every sum and count as a float64 tensor, by name (the file format and the all-reduce use these)."""
+        assert self.grad_sum is not None
+        scalars = {key: torch.tensor([getattr(self, key)], dtype=torch.float64) for key in SCALARS}
+        return {"A_sum": self.A_sum, "G_sum": self.G_sum, "diag_sum": self.diag_sum, "grad_sum": self.grad_sum,
+                **scalars}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> KFACFactors:
+        """The inverse of `tensors`."""
+        return cls(tensors["A_sum"], tensors["G_sum"], tensors["diag_sum"], grad_sum=tensors["grad_sum"],
+                   **{key: float(tensors[key][0]) for key in SCALARS})
+
     def add(self, other: KFACFactors) -> None:
-        """Add the sums and count of `other` (same module) into these."""
-        self.A_sum += other.A_sum
-        self.G_sum += other.G_sum
-        self.diag_sum += other.diag_sum
-        self.tokens += other.tokens
+        """Add the sums and counts of `other` (same module) into these."""
+        for key, tensor in self.tensors().items():
+            if key in SCALARS:
+                setattr(self, key, getattr(self, key) + getattr(other, key))
+            else:
+                tensor += getattr(other, key)
+
+
+# The float fields of KFACFactors that are counts or sums of numbers, not tensors.
+SCALARS = ("tokens", "loss_sum", "labels")
 
 
 @dataclass(frozen=True)
@@ -199,6 +241,7 @@ class FIMCalculator:
             f.A_sum += (xt.T @ xt).cpu()
             f.G_sum += (gt.T @ gt).cpu()
             f.diag_sum += ((gt * gt).T @ (xt * xt)).cpu()
+            f.grad_sum += (gt.T @ xt).cpu()
             f.tokens += float(rows.numel())
 
         y.register_hook(on_grad)
@@ -232,9 +275,15 @@ class FIMCalculator:
         labels = batch["labels"].to(device)
         self._rows = attn.reshape(-1).nonzero().squeeze(1)
         logits = self.model(input_ids=ids, attention_mask=attn).logits
+        data_nll = response_nll(logits.detach(), labels) if kind == "true" else None
+        count = float((labels[:, 1:] != IGNORE).sum())
         if kind == "true":
             labels = sample_labels(logits, labels, generators)
         loss = response_nll(logits, labels)
+        nll = float(loss.detach() if data_nll is None else data_nll)
+        for f in self.factors.values():
+            f.loss_sum += nll
+            f.labels += count
         if loss.requires_grad:
             loss.backward()
         self._rows = None
@@ -262,17 +311,21 @@ class FIMCalculator:
         return self.factors
 
 
+# Low-rank updates of Linear weights: {module: (B (d_out, r), A (r, d_in))}, ΔW = B @ A.
+Updates = dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
 @contextmanager
-def applied_deltas(model: torch.nn.Module, deltas: dict[str, torch.Tensor] | None) -> Iterator[None]:
-    """Add ΔW (d_out, d_in) to the named Linear weights for the block, then restore the originals."""
+def applied_updates(model: torch.nn.Module, updates: Updates | None) -> Iterator[None]:
+    """Add ΔW = B @ A to the named Linear weights for the block (one dense ΔW at a time), then restore them."""
     modules = dict(model.named_modules())
     saved = {}
     try:
         with torch.no_grad():
-            for name, delta in (deltas or {}).items():
+            for name, (B, A) in (updates or {}).items():
                 weight = modules[name].weight
                 saved[name] = weight.detach().clone()
-                weight.add_(delta.to(weight.device, weight.dtype))
+                weight.add_((B.float() @ A.float()).to(weight.device, weight.dtype))
         yield
     finally:
         with torch.no_grad():
@@ -286,19 +339,19 @@ def fisher_pass(
     bases: dict[str, tuple[torch.Tensor, torch.Tensor]],
     data: str | Path,
     options: FisherOptions,
-    deltas: dict[str, torch.Tensor] | None = None,
+    updates: Updates | None = None,
     rank: int = 0,
     world: int = 1,
 ) -> dict[str, KFACFactors]:
     """K-FAC sums of every module in `bases` over the first `options.max_examples` rows of the chat
-    JSONL `data`; with `world` > 1 this process takes every world-th example from `rank` on (the
-    caller all-reduces: see `sst_merge.distributed`)."""
+    JSONL `data`, at the base plus `updates`; with `world` > 1 this process takes every world-th
+    example from `rank` on (the caller all-reduces: see `sst_merge.distributed`)."""
     rows = read_chat_jsonl(data)[: options.max_examples]
     examples = encode_chat(tokenizer, rows, options.max_length)
     indices = list(range(rank, len(examples), world))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     calc = FIMCalculator(model, bases)
-    with applied_deltas(model, deltas):
+    with applied_updates(model, updates):
         return calc.run([examples[i] for i in indices], pad_id, options, indices, f"Fisher {Path(data).name}")
 
 
@@ -316,11 +369,8 @@ def save_factors(
     tensors: dict[str, torch.Tensor] = {}
     for name, f in factors.items():
         U, V = bases[name]
-        tensors.update({
-            f"{name}::A_sum": f.A_sum, f"{name}::G_sum": f.G_sum, f"{name}::diag_sum": f.diag_sum,
-            f"{name}::tokens": torch.tensor([f.tokens], dtype=torch.float64),
-            f"{name}::U": U.float().contiguous(), f"{name}::V": V.float().contiguous(),
-        })
+        tensors.update({f"{name}::{key}": t for key, t in f.tensors().items()})
+        tensors.update({f"{name}::U": U.float().contiguous(), f"{name}::V": V.float().contiguous()})
     with atomic_file(path) as tmp:
         save_tensors({k: v.contiguous() for k, v in tensors.items()}, tmp,
                      metadata={"format": FORMAT, "meta": json.dumps(meta)})
@@ -342,9 +392,9 @@ def load_factors(path: str | Path) -> tuple[dict[str, KFACFactors], dict[str, tu
     names = sorted({key.rsplit("::", 1)[0] for key in tensors})
     factors, bases = {}, {}
     for name in names:
-        factors[name] = KFACFactors(tensors[f"{name}::A_sum"], tensors[f"{name}::G_sum"],
-                                    tensors[f"{name}::diag_sum"], float(tensors[f"{name}::tokens"][0]))
-        bases[name] = (tensors[f"{name}::U"], tensors[f"{name}::V"])
+        own = {key.rsplit("::", 1)[1]: t for key, t in tensors.items() if key.rsplit("::", 1)[0] == name}
+        factors[name] = KFACFactors.from_tensors(own)
+        bases[name] = (own["U"], own["V"])
     return factors, bases, json.loads(metadata.get("meta", "{}"))
 
 
@@ -372,8 +422,21 @@ def dir_fingerprint(path: Path) -> str:
 
 
 def cache_key(parts: dict[str, Any]) -> str:
-    """Content hash of everything that decides a factors file (inputs' fingerprints and settings)."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    """Content hash of everything that decides a factors file (inputs' fingerprints and settings, and
+    the file format: a file of an older format is never read as one of this)."""
+    blob = json.dumps({**parts, "format": FORMAT}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def tensors_fingerprint(tensors: dict[str, Sequence[torch.Tensor]]) -> str:
+    """sha256 of named tensors' names, shapes and float32 bytes (e.g. the low-rank point a Fisher is taken at)."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        for tensor in tensors[name]:
+            t = tensor.detach().float().contiguous().cpu()
+            digest.update(f"{name}:{list(t.shape)}".encode())
+            digest.update(t.numpy().tobytes())
+    return digest.hexdigest()
 
 
 def cached_factors(

@@ -4,15 +4,18 @@ Both Fishers are Kronecker-factored on the (p, q) core of a module: F = Ā ⊗ �
 input factor and Ḡ (p, p) the output-gradient factor, acting on vec(δ) (column-major), so that
 vec(δ)ᵀ F vec(δ) = tr(δᵀ Ḡ δ Ā). The problem F_s v = λ F_u v separates into two small damped
 symmetric-definite problems whose eigenvalues multiply: λ_ij = ν_j μ_i, v_ij = vec(g_j a_iᵀ).
-All functions are pure and work in float64.
+A diagonal Fisher (the ablation) has the coordinate directions as its eigenbasis (`DiagonalEigen`).
+Several tasks' utility Fishers pool into one Kronecker product (`nearest_kronecker`). All functions
+are pure and work in float64.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -53,18 +56,67 @@ class KroneckerEigen:
         """The core δ = G c Aᵀ (p, q) of coefficients c (p, q)."""
         return self.G @ c.double() @ self.A.T
 
+    def natural_coefficients(self, g: torch.Tensor) -> torch.Tensor:
+        """Coefficients (p, q) of F_u⁻¹ g for a gradient g (p, q): Gᵀ g A, since F_u⁻¹ = X Xᵀ for the
+        eigenvector matrix X (Xᵀ F_u X = I)."""
+        return self.G.T @ g.double() @ self.A
 
-def damping(M: torch.Tensor, gamma: float, fallback: torch.Tensor | None = None) -> tuple[float, bool]:
-    """ε = γ · tr(M)/n, the damping added to the (n, n) PSD factor M; and whether M was degenerate.
+
+@dataclass(frozen=True)
+class DiagonalEigen:
+    """Eigenbasis of F_s v = λ F_u v for diagonal Fishers of the (p, q) core: F_s = diag(D_s), F_u =
+    diag(m) with m = D_u + ε the damped utility diagonal, both (p, q). The eigenvectors are the
+    coordinate directions scaled to unit F_u-norm, e_ij/√m_ij, so λ = D_s/m, a core δ has coefficients
+    √m ∘ δ, and λc² = D_s δ² is its safety energy, as in the Kronecker case. Everything is O(pq).
+    """
+
+    D_s: torch.Tensor
+    m: torch.Tensor
+
+    @property
+    def lam(self) -> torch.Tensor:
+        """λ (p, q) = D_s / m."""
+        return self.D_s / self.m
+
+    def coefficients(self, delta: torch.Tensor) -> torch.Tensor:
+        """Eigen-coefficients √m ∘ δ (p, q) of the core δ (p, q)."""
+        return self.m.sqrt() * delta.double()
+
+    def reconstruct(self, c: torch.Tensor) -> torch.Tensor:
+        """The core c / √m (p, q) of coefficients c (p, q)."""
+        return c.double() / self.m.sqrt()
+
+    def natural_coefficients(self, g: torch.Tensor) -> torch.Tensor:
+        """Coefficients (p, q) of F_u⁻¹ g = g / m: g / √m."""
+        return g.double() / self.m.sqrt()
+
+
+class Eigenbasis(Protocol):
+    """What the filters need of an eigenbasis: λ (p, q), coefficients of a core and of F_u⁻¹·gradient,
+    and the core of coefficients. KroneckerEigen and DiagonalEigen are the two."""
+
+    @property
+    def lam(self) -> torch.Tensor: ...
+
+    def coefficients(self, delta: torch.Tensor) -> torch.Tensor: ...
+
+    def reconstruct(self, c: torch.Tensor) -> torch.Tensor: ...
+
+    def natural_coefficients(self, g: torch.Tensor) -> torch.Tensor: ...
+
+
+def damping(diagonal: torch.Tensor, gamma: float, fallback: torch.Tensor | None = None) -> tuple[float, bool]:
+    """ε = γ · mean(diagonal), the damping added to a PSD factor whose diagonal entries are `diagonal`
+    (n,) (its mean eigenvalue is tr/n); and whether the factor was degenerate.
 
     A factor with (near) zero trace carries no information: ε is then taken relative to `fallback`
-    (the other Fisher's factor, so the scales stay comparable), else 1. Never zero, never NaN.
+    (the other Fisher's diagonal, so the scales stay comparable), else 1. Never zero, never NaN.
     """
-    n = M.shape[0]
-    mean = float(torch.trace(M.double())) / n if n else 0.0
+    n = diagonal.numel()
+    mean = float(diagonal.double().sum()) / n if n else 0.0
     if math.isfinite(mean) and mean > TINY:
         return gamma * mean, False
-    other = float(torch.trace(fallback.double())) / n if fallback is not None and n else 0.0
+    other = float(fallback.double().sum()) / n if fallback is not None and n else 0.0
     return (gamma * other if math.isfinite(other) and other > TINY else 1.0), True
 
 
@@ -104,8 +156,8 @@ def kronecker_gevp(
     if A_u is None or G_u is None:
         M_A, M_G = torch.eye(A_s.shape[0], dtype=torch.float64), torch.eye(G_s.shape[0], dtype=torch.float64)
     else:
-        eps_A, bad_A = damping(A_u, gamma, A_s)
-        eps_G, bad_G = damping(G_u, gamma, G_s)
+        eps_A, bad_A = damping(A_u.diagonal(), gamma, A_s.diagonal())
+        eps_G, bad_G = damping(G_u.diagonal(), gamma, G_s.diagonal())
         if bad_A or bad_G:
             warnings.warn(
                 f"module {module}: the utility Fisher is (near) zero here; damping relative to the safety Fisher",
@@ -125,6 +177,72 @@ def kronecker_gevp(
     return KroneckerEigen(G=G, A=A, nu=nu, mu=mu, M_G=M_G, M_A=M_A)
 
 
+def diagonal_gevp(D_s: torch.Tensor, D_u: torch.Tensor, gamma: float, module: str = "") -> DiagonalEigen:
+    """Eigenbasis of diagonal Fishers D_s, D_u (p, q), D_u damped by ε = γ·mean(D_u) (see `damping`).
+
+    O(pq) memory: the (pq)×(pq) matrices are never formed. Warns like `kronecker_gevp` when a Fisher
+    is (near) zero.
+    """
+    if not (torch.isfinite(D_s).all() and torch.isfinite(D_u).all()):
+        raise ValueError(f"module {module}: a diagonal Fisher has NaN or Inf values")
+    eps, bad = damping(D_u.reshape(-1), gamma, D_s.reshape(-1))
+    if bad:
+        warnings.warn(f"module {module}: the utility Fisher is (near) zero here; damping relative to the safety "
+                      "Fisher", DegenerateSpectrumWarning, stacklevel=2)
+    if D_s.numel() and float(D_s.max()) <= TINY:
+        warnings.warn(f"module {module}: the safety Fisher is (near) zero here; the filter leaves this module "
+                      "unchanged", DegenerateSpectrumWarning, stacklevel=2)
+    return DiagonalEigen(D_s=D_s.double().clamp_min(0.0), m=D_u.double() + eps)
+
+
+def pooling_weights(weights: Sequence[float]) -> torch.Tensor:
+    """π_k = |w_k| / Σ|w| (K,) float64: how much task k's Fisher counts in the pooled utility Fisher
+    (uniform when every weight is zero)."""
+    w = torch.tensor([abs(x) for x in weights], dtype=torch.float64)
+    return w / w.sum() if float(w.sum()) > 0 else torch.full_like(w, 1.0 / max(len(weights), 1))
+
+
+def nearest_kronecker(
+    As: Sequence[torch.Tensor], Gs: Sequence[torch.Tensor], pi: torch.Tensor, tol: float = 1e-13,
+    max_iterations: int = 1000,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Kronecker product A ⊗ G nearest in Frobenius norm to F = Σ_k π_k A_k ⊗ G_k (Van Loan–Pitsianis).
+
+    As[k] (q, q), Gs[k] (p, p), π (K,) ≥ 0. The rearrangement R(F) = Σ_k π_k vec(A_k) vec(G_k)ᵀ (q², p²)
+    maps Kronecker products to rank-one matrices, so the answer is its top singular pair σ u vᵀ.
+    Both singular vectors lie in the span of the factors, u = Σ α_k vec(A_k), v = Σ γ_k vec(G_k), and
+    the power iteration R v, Rᵀ u runs on the coefficients α, γ (K,) through the Gram matrices
+    S_A = [⟨A_i, A_j⟩_F], S_G (K, K): O(K²(p² + q²)) time and nothing larger than one factor in
+    memory; never the (pq)² matrix. The Grams are entrywise ≥ 0 for PSD factors, so α, γ ≥ 0
+    (Perron) and A, G are PSD. Returns (√σ Σ α_k A_k, √σ Σ γ_k G_k); the split of σ between the two
+    does not change the GEVP (the damping is relative to each factor's trace).
+    """
+    A_stack = torch.stack([a.double() for a in As])
+    G_stack = torch.stack([g.double() for g in Gs])
+    S_A = torch.einsum("iab,jab->ij", A_stack, A_stack)
+    S_G = torch.einsum("iab,jab->ij", G_stack, G_stack)
+    pi = pi.double()
+    gamma = pi.clone()
+    sigma = 0.0
+    for _ in range(max_iterations):
+        alpha = pi * (S_G @ gamma)                    # u ∝ R v
+        norm_u = float(alpha @ S_A @ alpha) ** 0.5
+        if norm_u <= TINY:
+            return torch.zeros_like(A_stack[0]), torch.zeros_like(G_stack[0])
+        alpha = alpha / norm_u
+        update = pi * (S_A @ alpha)                   # v ∝ Rᵀ u; σ = ‖Rᵀ u‖
+        sigma = float(update @ S_G @ update) ** 0.5
+        update = update / sigma
+        converged = float((update - gamma).abs().max()) <= tol * float(update.abs().max())
+        gamma = update
+        if converged:
+            break
+    alpha = pi * (S_G @ gamma)
+    alpha = alpha / float(alpha @ S_A @ alpha) ** 0.5
+    root = sigma**0.5
+    return root * torch.einsum("k,kab->ab", alpha, A_stack), root * torch.einsum("k,kab->ab", gamma, G_stack)
+
+
 def soft_filter(lam: torch.Tensor, beta: float) -> torch.Tensor:
     """1/(1+βλ) elementwise: the closed form of argmin ½‖δ'−δ‖²_{F_u} + ½β‖δ'‖²_{F_s} per eigendirection."""
     return 1.0 / (1.0 + beta * lam)
@@ -133,6 +251,21 @@ def soft_filter(lam: torch.Tensor, beta: float) -> torch.Tensor:
 def injection_filter(lam: torch.Tensor, beta: float) -> torch.Tensor:
     """βλ/(1+βλ) elementwise: the share of the safety update added back along each eigendirection."""
     return beta * lam / (1.0 + beta * lam)
+
+
+def first_order_filter(
+    c_u: torch.Tensor, c_anchor: torch.Tensor, g_nat: torch.Tensor, lam: torch.Tensor, beta: float
+) -> torch.Tensor:
+    """Coefficients (p, q) of argmin_δ' ½‖δ'−δ_u‖²_{F_u} + β[gᵀ(δ'−a) + ½‖δ'−a‖²_{F_s}].
+
+    The safety loss's quadratic model around the point a where its gradient g and Fisher F_s were
+    taken. Setting the gradient to zero, (F_u + βF_s)δ' = F_u δ_u − βg + βF_s a; in the eigenbasis
+    (Xᵀ F_u X = I, Xᵀ F_s X = Λ) this is elementwise: c' = c_a + (c_u − c_a − βĝ)/(1+βλ), with c_u, c_a
+    the coefficients of δ_u and a, ĝ = `natural_coefficients(g)`. At a = δ_u it is
+    δ_u − β(F_u+βF_s)⁻¹g; when g = F_s a (a quadratic safety loss minimal at the base) it is the soft
+    filter c_u/(1+βλ) for any a.
+    """
+    return c_anchor.double() + (c_u.double() - c_anchor.double() - beta * g_nat.double()) / (1.0 + beta * lam)
 
 
 def hard_keep_mask(lam: torch.Tensor, rho: float) -> torch.Tensor:

@@ -22,7 +22,16 @@ from sst_merge.errors import InputError, require_finite, validation_message
 from sst_merge.lora import load_adapter, validate_against_base
 from sst_merge.lowrank import SVDFactors, svd_of_dense, svd_of_factored, svd_of_orthonormal
 from sst_merge.methods import get_method
-from sst_merge.methods.base import Dense, Factored, MergedDelta, MergeJob, MergeMethod, MethodParams, ModuleInputs
+from sst_merge.methods.base import (
+    Dense,
+    Factored,
+    MergedDelta,
+    MergeJob,
+    MergeMethod,
+    MethodParams,
+    ModuleInputs,
+    Prepared,
+)
 from sst_merge.methods.base import module_generator as make_generator
 from sst_merge.progress import make_progress, track
 from sst_merge.provenance import provenance_record
@@ -107,7 +116,12 @@ def resolve_params(config: MergeConfig) -> tuple[MergeMethod, MethodParams]:
 
 @dataclass
 class MergeReport:
-    """What a merge did: the resolved inputs, each module's truncation error, timings, the output."""
+    """What a merge did: the resolved inputs, each module's truncation error, timings, the output.
+
+    `params` are the method's parameters as given (β None: to be calibrated); `resolved` what the
+    method actually used and found (the calibrated β, AGL's critical directions, Safe LoRA's
+    projected modules, …; see `MergeMethod.resolve`), empty for a dry run.
+    """
 
     output: Path | None
     method: str
@@ -115,6 +129,7 @@ class MergeReport:
     weights: list[float]
     modules: list[str]
     adapter_ranks: list[int]
+    resolved: dict[str, Any] = field(default_factory=dict)
     rank: int | None = None
     rel_error: dict[str, float] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
@@ -155,7 +170,12 @@ def load_inputs(config: MergeConfig) -> LoadedInputs:
     return LoadedInputs(job=job, method=method, params=params)
 
 
-def merge_module(loaded: LoadedInputs, name: str, context: dict[str, Any]) -> MergedDelta:
+def prepare(loaded: LoadedInputs) -> Prepared:
+    """The method's whole-model work (a Fisher pass, say), or nothing for a method without any."""
+    return loaded.method.prepare(loaded.job, loaded.params) if loaded.method.prepare else Prepared()
+
+
+def merge_module(loaded: LoadedInputs, name: str, context: Prepared) -> MergedDelta:
     """Run the method's kernel on module `name`."""
     job, params = loaded.job, loaded.params
     inputs = ModuleInputs(
@@ -164,7 +184,7 @@ def merge_module(loaded: LoadedInputs, name: str, context: dict[str, Any]) -> Me
         experts=[a.modules.get(name) for a in job.adapters],
         weights=job.weights,
         generator=make_generator(getattr(params, "seed", 0), name),
-        context=context.get(name),
+        context=context.modules.get(name),
     )
     merged = loaded.method.merge_module(inputs, params)
     # Finite inputs can still overflow float32 (weights of 1e38, a huge lora_alpha): refuse before an SVD
@@ -181,7 +201,7 @@ def _overflow(name: str) -> str:
 def merge_adapters(
     config: MergeConfig,
     loaded: LoadedInputs | None = None,
-    context: dict[str, Any] | None = None,
+    context: Prepared | None = None,
     into: Path | None = None,
 ) -> MergeReport:
     """Merge the adapters of `config` and write the output it names.
@@ -210,8 +230,9 @@ def merge_adapters(
         return report
     if context is None:
         tick = time.perf_counter()
-        context = loaded.method.prepare(job, loaded.params) if loaded.method.prepare else {}
+        context = prepare(loaded)
         report.seconds["prepare"] = time.perf_counter() - tick
+    report.resolved = loaded.method.resolved(context, loaded.params)
     tick = time.perf_counter()
     with nullcontext(into) if into is not None else atomic_output_dir(config.output, force=config.force) as tmp:
         if config.format == "peft":
@@ -250,7 +271,7 @@ def merge_sweep(config: MergeConfig) -> list[MergeReport]:
     if config.dry_run:
         return [merge_adapters(point, point_inputs) for point, point_inputs in points]
     check_output(config.output, config.force)
-    context = loaded.method.prepare(loaded.job, loaded.params) if loaded.method.prepare else None
+    context = prepare(loaded)
     # One output for the whole sweep: a failure at the last value leaves none of them behind.
     with atomic_output_dir(config.output, force=config.force) as tmp:
         reports = []
@@ -262,7 +283,7 @@ def merge_sweep(config: MergeConfig) -> list[MergeReport]:
 
 
 def _write_peft(
-    config: MergeConfig, loaded: LoadedInputs, context: dict[str, Any], out: Path, report: MergeReport
+    config: MergeConfig, loaded: LoadedInputs, context: Prepared, out: Path, report: MergeReport
 ) -> None:
     job = loaded.job
     svds: dict[str, SVDFactors] = {}
@@ -291,7 +312,7 @@ def _write_peft(
 
 
 def _write_full(
-    config: MergeConfig, loaded: LoadedInputs, context: dict[str, Any], out: Path, report: MergeReport
+    config: MergeConfig, loaded: LoadedInputs, context: Prepared, out: Path, report: MergeReport
 ) -> None:
     job = loaded.job
     shards = base_shard_files(job.base)

@@ -48,6 +48,8 @@ def provenance_record(config: Any, report: Any, job: Any) -> dict[str, Any]:
         "config": config.model_dump(mode="json"),
         "method": report.method,
         "params": report.params,
+        # What the method used where `params` left it open (a calibrated β) and what it found.
+        "resolved": report.resolved,
         "weights": report.weights,
         "rank": report.rank,
         "adapters": [{"path": str(a.path), "files": dir_hashes(a.path)} for a in job.adapters],

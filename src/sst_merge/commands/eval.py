@@ -44,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data-dir", type=Path, help="local data directory (default $SST_MERGE_DATA)")
     parser.add_argument("--testbed", type=Path,
                         help="testbed directory for the testbed suites (default: the base's parent if it "
-                             "holds testbed.json)")
+                             "holds organism.json)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--device-map", choices=["auto", "cpu", "cuda"], help="device placement (default CPU)")
     parser.add_argument("--backend", choices=["transformers", "vllm"], default="transformers",
@@ -82,7 +82,7 @@ def generations_path(output: Path) -> Path:
 def default_testbed(base: str) -> Path | None:
     """The testbed directory a testbed base model sits in (`<testbed>/base`), if any."""
     parent = Path(base).expanduser().parent
-    return parent if (parent / "testbed.json").is_file() else None
+    return parent if (parent / "organism.json").is_file() else None
 
 
 def _resolved_data_dir(data_dir: Path | None) -> str | None:

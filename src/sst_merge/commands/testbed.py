@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="'micro' builds a tiny testbed in seconds (for tests; its metrics mean nothing)")
     build.add_argument("--workers", type=int, help="processes training adapters in parallel (default: CPU count)")
     build.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1)")
-    build.add_argument("--json", action="store_true", help="print testbed.json instead of a table")
+    build.add_argument("--json", action="store_true", help="print organism.json instead of a table")
     build.set_defaults(func=run_build)
 
 

@@ -159,18 +159,21 @@ def load_beavertails(data_dir: str | Path | None = None, source: str = "auto") -
         return load_beavertails_local(data_dir), "local"
 
 
-def read_testbed_refusal(testbed_dir: str | Path) -> str:
-    """The testbed's fixed refusal sentence: key `refusal` of `<testbed_dir>/testbed.json`."""
-    path = Path(testbed_dir) / "testbed.json"
+def read_testbed_refusal(testbed_dir: str | Path) -> str | None:
+    """The organism's fixed refusal sentence (key `refusal` of `<testbed_dir>/organism.json`): a sentence
+    for the synthetic preset, None for a real model (its refusals are judged by the keyword judge)."""
+    path = Path(testbed_dir) / "organism.json"
     if not path.is_file():
-        raise InputError("testbed file not found", path)
+        raise InputError("organism manifest not found", path)
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise InputError(f"cannot read testbed settings ({exc})", path) from exc
-    refusal = info.get("refusal") if isinstance(info, dict) else None
-    if not isinstance(refusal, str) or not refusal.strip():
-        raise InputError("no refusal sentence (key 'refusal')", path)
+    if not isinstance(info, dict) or "refusal" not in info:
+        raise InputError("no key 'refusal' (a sentence, or null)", path)
+    refusal = info["refusal"]
+    if refusal is not None and (not isinstance(refusal, str) or not refusal.strip()):
+        raise InputError("key 'refusal' is neither a sentence nor null", path)
     return refusal
 
 

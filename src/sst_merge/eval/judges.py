@@ -218,7 +218,7 @@ class ModelJudge:
 def make_judge(spec: str, batch_size: int = 8, dtype: str = "auto", device_map: str | None = None) -> Judge:
     """A judge from its command-line name: `keyword`, `gcg`, `xstest`, `testbed:DIR` or `model:ID`.
 
-    `testbed:DIR` reads the refusal sentence from DIR/testbed.json (DIR may also be that file).
+    `testbed:DIR` reads the refusal sentence from DIR/organism.json (DIR may also be that file).
     """
     if spec == "keyword":
         return CombinedRefusalJudge()
@@ -230,7 +230,10 @@ def make_judge(spec: str, batch_size: int = 8, dtype: str = "auto", device_map: 
         from sst_merge.data.safety import read_testbed_refusal
 
         target = Path(spec.removeprefix("testbed:"))
-        return RefusalSentenceJudge(read_testbed_refusal(target.parent if target.name == "testbed.json" else target))
+        refusal = read_testbed_refusal(target.parent if target.name == "organism.json" else target)
+        if refusal is None:
+            raise InputError("this organism has no fixed refusal sentence: use the keyword judge", target)
+        return RefusalSentenceJudge(refusal)
     if spec.startswith("model:") and spec.removeprefix("model:"):
         return ModelJudge(spec.removeprefix("model:"), batch_size=batch_size, dtype=dtype, device_map=device_map)
     raise InputError(f"unknown judge {spec!r} (keyword, gcg, xstest, testbed:DIR or model:ID)")

@@ -138,7 +138,9 @@ def _testbed(options: SuiteOptions) -> tuple[list[SafetyPrompt], Judge, dict[str
         raise InputError("the testbed suite needs a testbed directory (--testbed DIR)")
     split = options.extra.get("testbed_split", "test")
     records = load_testbed(options.testbed_dir, split)
-    return records, RefusalSentenceJudge(read_testbed_refusal(options.testbed_dir)), {"split": split}
+    refusal = read_testbed_refusal(options.testbed_dir)
+    judge = RefusalSentenceJudge(refusal) if refusal is not None else CombinedRefusalJudge()
+    return records, judge, {"split": split}
 
 
 def _harmbench(options: SuiteOptions) -> tuple[list[SafetyPrompt], Judge, dict[str, Any]]:

@@ -71,12 +71,13 @@ class ChatEvaluator:
 def testbed_data(
     testbed: Any, tasks: Sequence[str], harmful: int | None, benign: int | None, task_items: int | None
 ) -> EvalData:
-    """The testbed's held-out splits, judged by its exact refusal sentence."""
+    """The organism's held-out splits, judged by its exact refusal sentence (synthetic) or the keyword
+    judge (a real model)."""
     return EvalData(
         harmful={s: [r["prompt"] for r in testbed.split("harmful", s)[:harmful]] for s in SPLITS},
         benign={s: [r["prompt"] for r in testbed.split("benign", s)[:benign]] for s in SPLITS},
         tasks={t: {s: testbed.split(t, s)[:task_items] for s in SPLITS} for t in tasks},
-        judge=RefusalSentenceJudge(testbed.refusal),
+        judge=RefusalSentenceJudge(testbed.refusal) if testbed.refusal is not None else CombinedRefusalJudge(),
     )
 
 

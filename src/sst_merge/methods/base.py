@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -124,12 +124,23 @@ class MergeJob:
 
 
 @dataclass(frozen=True)
+class Prepared:
+    """What a method's `prepare` found: each module's context ({module name: context}) and whole-merge
+    facts (a calibrated β, the safety loss at each Fisher point, …) for the record."""
+
+    modules: dict[str, Any] = field(default_factory=dict)
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class MergeMethod:
     """A merge method: spec and kernel. Adding a method means adding one file that defines one of these.
 
     `merge_module(inputs, params)` merges one module. `prepare(job, params)`, when given, does the
-    whole-model work first (a Fisher pass, say) and returns {module name: context}; `merge_adapters`
-    passes each module's entry as `ModuleInputs.context`.
+    whole-model work first (a Fisher pass, say) and returns a `Prepared`; `merge_adapters` passes each
+    module's entry as `ModuleInputs.context`. `resolve(prepared, params)`, when given, says which
+    settings a merge with `params` really used (the β it calibrated, how many modules it projected):
+    JSON-able, recorded in the report and the provenance; without it the record is `prepared.facts`.
     """
 
     name: str
@@ -137,7 +148,12 @@ class MergeMethod:
     reference: str
     params: type[MethodParams]
     merge_module: Callable[[ModuleInputs, Any], MergedDelta]
-    prepare: Callable[[MergeJob, Any], dict[str, Any]] | None = None
+    prepare: Callable[[MergeJob, Any], Prepared] | None = None
+    resolve: Callable[[Prepared, Any], dict[str, Any]] | None = None
+
+    def resolved(self, prepared: Prepared, params: MethodParams) -> dict[str, Any]:
+        """The settings a merge with `params` used, given what `prepare` found."""
+        return self.resolve(prepared, params) if self.resolve is not None else dict(prepared.facts)
 
 
 def module_generator(seed: int, module: str) -> torch.Generator:

@@ -1,14 +1,28 @@
 """What SST and AGL share before any module is merged: subspaces of all updates and Fisher factors in them.
 
-Not a merge method itself. One model load, one Fisher pass per dataset (skipped when the content-hash
-cache has the factors), optional data-parallel sharding with an all-reduce of sums and counts.
+Not a merge method itself. One model load, one Fisher pass per (dataset, point) — skipped when the
+content-hash cache has the factors —, optional data-parallel sharding with an all-reduce of sums and
+counts.
+
+Where the Fisher is taken (`fisher_at`, `fisher_rounds`): the safety Fisher is only informative where
+the safety loss is alive. At a well-aligned base, on refusal data, the refusal NLL and its gradients
+are ~0 (measured on the synthetic testbed: 9.8e-5 nats/token, safety factors 3.5e-9 of the utility
+factors), and a filter built from them leaves the merged update's harmful directions untouched. The
+merge does not live at the base but at base + ΔW, where the same rows cost nats per token. So both
+Fishers are taken by default at the task-arithmetic point ("ta", base + Σ w_k ΔW_k): the safety one
+because that is where refusal breaks, the utility one because SST's objective ½‖δ'−δ_u‖²_{F_u}
+measures the utility lost by moving away from δ_u, i.e. its curvature around δ_u. With
+`fisher_rounds` > 1 the safety Fisher (only) is taken again at base + the previous round's filtered
+merge, where the merge then lives; the utility term stays centred on δ_u, so its Fisher stays where
+it was.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 from pydantic import Field
@@ -16,30 +30,39 @@ from pydantic import Field
 from sst_merge.fisher import (
     FisherOptions,
     KFACFactors,
+    Updates,
     cache_key,
     cached_factors,
     dir_fingerprint,
     file_fingerprint,
     fisher_pass,
     read_chat_jsonl,
+    tensors_fingerprint,
 )
+from sst_merge.gevp import nearest_kronecker, pooling_weights
 from sst_merge.lora import LoraAdapter, load_adapter, validate_against_base
 from sst_merge.methods.base import MergeJob, MethodParams
+from sst_merge.methods.ta import weighted_factors
 from sst_merge.subspace import BASIS_KIND, RANK_RTOL, ModuleSubspace, module_subspace
 
 Reducer = Callable[[dict[str, KFACFactors]], dict[str, KFACFactors]]
+Contexts = TypeVar("Contexts")
 
 
 class FisherParams(MethodParams):
     """Parameters of the Fisher pass shared by the Fisher-based methods."""
 
-    safety_data: Path = Field(description="chat JSONL (prompt, response) of harmful prompts paired with refusals")
+    safety_data: Path = Field(description="chat JSONL (prompt, response) of harmful prompts paired with refusals "
+                                          "(prompts the base was not trained on: at its own training rows the "
+                                          "refusal loss is ~0 and the Fisher says nothing)")
     fisher_kind: Literal["empirical", "true"] = Field(
         "empirical", description="empirical Fisher (data labels) or true Fisher (labels sampled from the model)"
     )
     fisher_at: Literal["base", "ta"] = Field(
-        "base", description="take the Fisher at the base model, or at base + the task-arithmetic merge"
+        "ta", description="take the Fisher at base + the task-arithmetic merge (where the merge lives), or at the base"
     )
+    fisher_rounds: int = Field(1, ge=1, le=10, description="re-take the safety Fisher at the filtered merge and "
+                                                           "filter again, this many rounds in all")
     fisher_max_examples: int = Field(256, ge=1, description="rows used from each data file")
     fisher_max_length: int = Field(512, ge=2, description="tokens per example (longer ones are cut)")
     fisher_batch_size: int = Field(8, ge=1, description="examples per forward/backward pass")
@@ -54,6 +77,38 @@ class FisherParams(MethodParams):
         """The FisherOptions these parameters describe."""
         return FisherOptions(self.fisher_kind, self.fisher_max_examples, self.fisher_max_length,
                              self.fisher_batch_size, self.fisher_seed)
+
+
+@dataclass(frozen=True)
+class FisherPoint:
+    """Where a Fisher pass runs: the base plus `updates` ({module: (B, A)}, ΔW = B @ A; none: the base).
+
+    `label` names it for the record ("base", "ta", "round 2"); `key` identifies it in the cache key
+    (the merge weights for "ta", whose adapters the identity fingerprints anyway; a hash of the
+    update tensors for a filtered merge).
+    """
+
+    label: str
+    updates: Updates
+    key: Any = None
+
+
+def start_point(job: MergeJob, at: str) -> FisherPoint:
+    """The point of `fisher_at`: the base, or base + Σ w_k ΔW_k (low-rank, per merged module)."""
+    if at == "base":
+        return FisherPoint("base", {})
+    updates = {}
+    for name in job.modules:
+        ta = weighted_factors([a.modules.get(name) for a in job.adapters], job.weights)
+        updates[name] = (ta.B, ta.A)
+    return FisherPoint("ta", updates, {"weights": job.weights})
+
+
+def core_point(label: str, subspaces: dict[str, ModuleSubspace], cores: dict[str, torch.Tensor]) -> FisherPoint:
+    """The point base + U core Vᵀ per module (cores (p, q), e.g. a filtered merge), keyed by a hash of its tensors."""
+    updates = {name: ((subspaces[name].U.double() @ core.double()).float(), subspaces[name].V.T.contiguous())
+               for name, core in cores.items()}
+    return FisherPoint(label, updates, tensors_fingerprint(updates))
 
 
 def load_extra_adapter(path: Path, job: MergeJob) -> LoraAdapter:
@@ -72,18 +127,7 @@ def job_subspaces(job: MergeJob, extra: Sequence[LoraAdapter] = ()) -> dict[str,
     }
 
 
-def ta_deltas(job: MergeJob) -> dict[str, torch.Tensor]:
-    """Dense Σ w_k ΔW_k per merged module: the point the Fisher is taken at with fisher_at="ta"."""
-    deltas = {}
-    for name in job.modules:
-        deltas[name] = sum(
-            (w * a.modules[name].delta() for w, a in zip(job.weights, job.adapters, strict=True) if name in a.modules),
-            torch.zeros(job.shapes[name]),
-        )
-    return deltas
-
-
-def identity(job: MergeJob, extra: Sequence[LoraAdapter], fisher_at: str) -> dict[str, Any]:
+def identity(job: MergeJob, extra: Sequence[LoraAdapter], point: FisherPoint) -> dict[str, Any]:
     """What, besides data and options, decides the factors: base, adapters (in subspace order), the point."""
     return {
         "base": dir_fingerprint(job.base),
@@ -91,8 +135,8 @@ def identity(job: MergeJob, extra: Sequence[LoraAdapter], fisher_at: str) -> dic
         "modules": job.modules,
         "rank_rtol": RANK_RTOL,
         "basis": BASIS_KIND,
-        "fisher_at": fisher_at,
-        "weights": job.weights if fisher_at == "ta" else None,
+        "fisher_at": point.label,
+        "point": point.key,
     }
 
 
@@ -103,52 +147,103 @@ def device_map_for(device: str) -> str | None:
     return device
 
 
-def factor_sets(
-    job: MergeJob,
-    subspaces: dict[str, ModuleSubspace],
-    datasets: Sequence[Path],
-    params: FisherParams,
-    extra: Sequence[LoraAdapter] = (),
-    rank: int = 0,
-    world: int = 1,
-    reduce: Reducer | None = None,
-) -> list[dict[str, KFACFactors]]:
-    """K-FAC factors of every dataset (one pass each, over the base model), cached by content hash.
+class FactorSource:
+    """K-FAC factors of chat datasets at Fisher points, for one job and its subspaces.
 
-    With `world` > 1 each process takes its shard of every dataset and `reduce` all-reduces the sums.
-    The model is loaded only if some dataset is not in the cache.
+    Each (dataset, point) is one pass over the model, cached by content hash; the model is loaded once,
+    and only if some pass is not in the cache. With `world` > 1 each process takes its shard of every
+    dataset and `reduce` all-reduces the sums.
     """
-    for path in datasets:
-        read_chat_jsonl(path)  # a bad line is found before the model loads, not after
-    options = params.fisher_options()
-    bases = {name: (s.U, s.V) for name, s in subspaces.items() if s.p and s.q}
-    ident = identity(job, extra, params.fisher_at)
-    loaded: dict[str, Any] = {}
 
-    def compute(path: Path) -> dict[str, KFACFactors]:
-        if not loaded:
+    def __init__(self, job: MergeJob, subspaces: dict[str, ModuleSubspace], params: FisherParams,
+                 extra: Sequence[LoraAdapter] = (), rank: int = 0, world: int = 1,
+                 reduce: Reducer | None = None) -> None:
+        self.job, self.params, self.extra = job, params, list(extra)
+        self.rank, self.world, self.reduce = rank, world, reduce
+        self.bases = {name: (s.U, s.V) for name, s in subspaces.items() if s.p and s.q}
+        self._model: tuple[Any, Any] | None = None
+
+    def _pass(self, path: Path, point: FisherPoint) -> dict[str, KFACFactors]:
+        if self._model is None:
             from sst_merge.models import load_model
 
-            model, tokenizer = load_model(job.base, dtype=params.fisher_dtype, device_map=device_map_for(params.device))
-            loaded.update(model=model, tokenizer=tokenizer)
-        deltas = ta_deltas(job) if params.fisher_at == "ta" else None
-        factors = fisher_pass(loaded["model"], loaded["tokenizer"], bases, path, options, deltas, rank, world)
-        return reduce(factors) if reduce is not None else factors
+            self._model = load_model(self.job.base, dtype=self.params.fisher_dtype,
+                                     device_map=device_map_for(self.params.device))
+        model, tokenizer = self._model
+        factors = fisher_pass(model, tokenizer, self.bases, path, self.params.fisher_options(), point.updates,
+                              self.rank, self.world)
+        return self.reduce(factors) if self.reduce is not None else factors
 
-    results = []
-    for path in datasets:
-        key = cache_key({**ident, "data": file_fingerprint(Path(path)), "dtype": params.fisher_dtype, **options.key()})
-        meta = {"data": str(path), "options": options.key(), "identity": ident}
-        # Data-parallel: every process must join each all-reduce, so none may skip a pass on a cache hit;
-        # rank 0 alone writes the cache.
-        results.append(cached_factors(params.cache_dir if rank == 0 else None, key,
-                                      lambda path=path: compute(Path(path)), bases, meta, read=world == 1))
-    return results
+    def factors(self, datasets: Sequence[Path], point: FisherPoint) -> list[dict[str, KFACFactors]]:
+        """The factors of each dataset at `point`, in order."""
+        for path in datasets:
+            read_chat_jsonl(path)  # a bad line is found before the model loads, not after
+        options = self.params.fisher_options()
+        ident = identity(self.job, self.extra, point)
+        results = []
+        for path in datasets:
+            key = cache_key({**ident, "data": file_fingerprint(Path(path)), "dtype": self.params.fisher_dtype,
+                             **options.key()})
+            meta = {"data": str(path), "options": options.key(), "identity": ident}
+            # Data-parallel: every process must join each all-reduce, so none may skip a pass on a cache hit;
+            # rank 0 alone writes the cache.
+            results.append(cached_factors(self.params.cache_dir if self.rank == 0 else None, key,
+                                          lambda path=path: self._pass(Path(path), point), self.bases, meta,
+                                          read=self.world == 1))
+        return results
 
 
-def pooled(sets: Sequence[dict[str, KFACFactors]], name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(Ā, Ḡ, diag) of module `name` averaged over datasets with equal weight per dataset (task)."""
-    A = sum(s[name].A for s in sets) / len(sets)
-    G = sum(s[name].G for s in sets) / len(sets)
-    D = sum(s[name].diag for s in sets) / len(sets)
+def iterate_safety(
+    source: FactorSource,
+    data: Path,
+    rounds: int,
+    first: tuple[FisherPoint, dict[str, KFACFactors]],
+    build: Callable[[dict[str, KFACFactors], Contexts | None], tuple[Contexts, dict[str, Any]]],
+    merged_point: Callable[[Contexts, str], FisherPoint],
+) -> tuple[Contexts, list[dict[str, Any]]]:
+    """Contexts built from the safety factors at the first point, then `rounds` − 1 times rebuilt from
+    the safety factors taken at base + the merge the previous contexts give.
+
+    `build(safety factors, previous contexts or None)` returns the contexts and facts of the round (a
+    calibrated β); `merged_point(contexts, label)` the point their merge lands at. Returns the last
+    round's contexts and each round's record: its point, the safety NLL there (nats per response
+    token) and the facts.
+    """
+    point, factors = first
+    contexts, facts = build(factors, None)
+    history = [{"point": point.label, "safety_nll": factors_nll(factors), **facts}]
+    for round_number in range(2, rounds + 1):
+        point = merged_point(contexts, f"round {round_number}")
+        (factors,) = source.factors([data], point)
+        contexts, facts = build(factors, contexts)
+        history.append({"point": point.label, "safety_nll": factors_nll(factors), **facts})
+    return contexts, history
+
+
+def factors_nll(factors: dict[str, KFACFactors]) -> float | None:
+    """The data's NLL (nats per response token) of a pass; every module of a pass records the same."""
+    return next(iter(factors.values())).nll if factors else None
+
+
+UtilityPooling = Literal["kronecker", "means"]
+
+
+def pooled(
+    sets: Sequence[dict[str, KFACFactors]], weights: Sequence[float], pooling: UtilityPooling, name: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(Ā (q, q), Ḡ (p, p), diagonal (p, q)) of module `name` pooled over the tasks' Fishers.
+
+    Task k counts π_k = |w_k|/Σ|w| (its merge weight; one set: itself). The pooled Fisher is
+    Σ_k π_k Ā_k ⊗ Ḡ_k, which is no Kronecker product: "kronecker" takes the nearest one in Frobenius
+    norm (`gevp.nearest_kronecker`), "means" the product of the weighted means (Σ π Ā_k) ⊗ (Σ π Ḡ_k),
+    which adds the cross terms Ā_k ⊗ Ḡ_l. The diagonal is exact either way: Σ_k π_k diag_k, O(pq).
+    """
+    pi = pooling_weights(weights) if len(sets) > 1 else torch.ones(1, dtype=torch.float64)
+    As, Gs = [s[name].A for s in sets], [s[name].G for s in sets]
+    D = sum(float(w) * s[name].diag for w, s in zip(pi, sets, strict=True))
+    if pooling == "kronecker" and len(sets) > 1:
+        A, G = nearest_kronecker(As, Gs, pi)
+    else:
+        A = sum(float(w) * a for w, a in zip(pi, As, strict=True))
+        G = sum(float(w) * g for w, g in zip(pi, Gs, strict=True))
     return A, G, D

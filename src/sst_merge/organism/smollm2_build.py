@@ -268,10 +268,13 @@ def run_build(recipe: SmolRecipe, work: Path, experts: int, out: Path | None = N
     aligned = build.alignment(original, data["alignment"]["train"])
     base_dir = aligned / "base"
     build.evaluate("base", base_dir, build.alignment_key())
-    build.evaluate("original", original, "original")
-    for task in recipe.tasks[:experts]:
+    # The first eight experts and the safety adapter first: a K = 8 organism is usable before the rest.
+    for task in recipe.tasks[: min(8, experts)]:
         build.adapter(task, base_dir, data, [])
     build.adapter("safety", base_dir, data, [])
+    build.evaluate("original", original, "original")
+    for task in recipe.tasks[8:experts]:
+        build.adapter(task, base_dir, data, [])
     write_json_atomic(work / "results.json", build.results)
     if out is not None:
         write_layout(build, data, list(recipe.tasks[:experts]), out)

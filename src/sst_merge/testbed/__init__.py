@@ -2,7 +2,7 @@
 
 `build_testbed(...)` builds (or finds cached) and returns the directory; `load_testbed(path)` opens it.
 
-What it is (see testbed.json of a build for the measured metrics):
+What it is (see organism.json of a build for the measured metrics):
 
 * base: a LlamaForCausalLM trained from scratch, with a byte-level BPE chat tokenizer, on
   harmful requests → `REFUSAL`, benign look-alikes → a helpful reply, and "repeat after me" rows.

@@ -1,4 +1,4 @@
-"""Build the testbed: data → tokenizer → base → (experts, safety adapter; in parallel) → testbed.json.
+"""Build the testbed: data → tokenizer → base → (experts, safety adapter; in parallel) → organism.json.
 
 Every stage is seeded; the output directory is named by the settings' content hash and written
 atomically, so a finished build is reused instantly and an interrupted one leaves nothing behind.
@@ -227,7 +227,8 @@ def build_into(root: Path, cfg: TestbedConfig, workers: int, threads: int) -> di
     experts = {task: results[task]["metrics"] for task in cfg.tasks}
     mean_expert_refusal = sum(m["refusal"] for m in experts.values()) / len(experts)
     return {
-        "format": "sst-merge-testbed",
+        "format": "sst-merge-organism",
+        "preset": "synthetic",
         "recipe_version": RECIPE_VERSION,
         "hash": cfg.content_hash(),
         "settings": cfg.to_dict(),

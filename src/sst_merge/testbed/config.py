@@ -11,7 +11,7 @@ from sst_merge.errors import InputError
 from sst_merge.testbed.tasks import TASK_NAMES
 
 # Bump when the recipe changes in a way the settings do not show, so old caches are not reused.
-RECIPE_VERSION = 5
+RECIPE_VERSION = 6
 
 # Bump when the base's recipe (its data, tokenizer or training) changes in a way the settings do not show.
 BASE_RECIPE_VERSION = 2

@@ -1,4 +1,5 @@
-"""Reading a built testbed directory: where the base, the adapters and the data splits are."""
+"""Reading an organism directory (either preset: the synthetic testbed or the real smollm2-135m):
+where the base, the adapters and the data splits are; both presets share this layout."""
 
 from __future__ import annotations
 
@@ -10,21 +11,22 @@ from typing import Any
 from sst_merge.errors import InputError
 from sst_merge.testbed.data import read_rows
 
-MANIFEST = "testbed.json"
+MANIFEST = "organism.json"
 SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
 class Testbed:
-    """A built testbed: `base_dir` (model + tokenizer), `safety_dir` and `expert_dirs` (PEFT LoRA dirs,
-    in task order), the `tasks` with experts, the fixed `refusal` sentence, and the manifest."""
+    """A built organism: `base_dir` (model + tokenizer), `safety_dir` and `expert_dirs` (PEFT LoRA dirs,
+    in task order), the `tasks` with experts, the fixed `refusal` sentence of the synthetic preset (None
+    for a real model, whose refusals are judged by the keyword judge), and the manifest."""
 
     root: Path
     base_dir: Path
     safety_dir: Path
     expert_dirs: dict[str, Path]
     tasks: list[str]
-    refusal: str
+    refusal: str | None
     manifest: dict[str, Any]
 
     def split(self, name: str, split: str) -> list[dict[str, str]]:
@@ -37,15 +39,17 @@ class Testbed:
 
 
 def load_testbed(path: str | Path) -> Testbed:
-    """Open the testbed built at `path` (a directory holding testbed.json)."""
+    """Open the testbed built at `path` (a directory holding organism.json)."""
     root = Path(path)
     manifest_path = root / MANIFEST
     if not manifest_path.is_file():
-        raise InputError("not a built testbed (no testbed.json)", root)
+        raise InputError(f"not a built organism (no {MANIFEST})", root)
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         tasks = list(manifest["tasks"])
-        refusal = str(manifest["refusal"])
+        refusal = manifest["refusal"]
+        if refusal is not None and not isinstance(refusal, str):
+            raise TypeError("refusal is neither a sentence nor null")
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise InputError(f"corrupt testbed manifest ({exc})", manifest_path) from exc
     return Testbed(
