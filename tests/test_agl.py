@@ -38,7 +38,7 @@ def test_agl_projects_out_top_eigenvectors(chat_base: Path, chat_adapters: list[
     (path,) = (tmp_path / "cache").glob("fisher-*.safetensors")
     safety, _, _ = load_factors(path)
     for name in ["model.layers.0.self_attn.q_proj", "model.layers.1.mlp.down_proj"]:
-        sub = context[name].subspace
+        sub = context.modules[name].subspace
         F_s = np.kron(safety[name].A.numpy(), safety[name].G.numpy())
         w, X = np.linalg.eigh(F_s)
         top = X[:, np.argsort(w)[::-1][:k]]

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from sst_merge.fisher import (
     FisherOptions,
     KFACFactors,
-    applied_deltas,
+    applied_updates,
     cached_factors,
     fisher_pass,
     load_factors,
@@ -71,6 +71,9 @@ def brute_force(model, tokenizer, rows, bases) -> dict[str, KFACFactors]:
             out.retain_grad()
         loss = sum(-logits[t - 1].log_softmax(-1)[ids[0, t]] for t in range(len(p), ids.shape[1]))
         loss.backward()
+        for name in bases:
+            sums[name].loss_sum += float(loss.detach())
+            sums[name].labels += ids.shape[1] - len(p)
         for handle in handles:
             handle.remove()
         for name, (U, V) in bases.items():
@@ -86,6 +89,8 @@ def brute_force(model, tokenizer, rows, bases) -> dict[str, KFACFactors]:
                 weight_grad += torch.outer(out.grad[0, t], x[0, t])
             # the captured per-token gradients really are those of the weight
             assert rel_diff(weight_grad, modules[name].weight.grad) < 1e-5
+            # the core's gradient from autograd's weight gradient, not from the per-token products
+            sums[name].grad_sum += U.T.double() @ modules[name].weight.grad.double() @ V.double()
     return sums
 
 
@@ -98,7 +103,9 @@ def test_kfac_factors_equal_brute_force(chat_base: Path, chat_data: dict[str, Pa
     factors = fisher_pass(model, tokenizer, bases, chat_data["safety"], FisherOptions(max_examples=7, batch_size=3))
     for name in MODULES:
         assert factors[name].tokens == expected[name].tokens
-        for what in ("A", "G", "diag"):
+        assert factors[name].labels == expected[name].labels
+        assert factors[name].nll == pytest.approx(expected[name].nll, rel=1e-5)
+        for what in ("A", "G", "diag", "grad"):
             ours, ref = getattr(factors[name], what), getattr(expected[name], what)
             assert rel_diff(ours, ref) < 1e-5, (name, what)
     # no parameter gradient is computed, and the parameters' flags are restored
@@ -124,28 +131,31 @@ def test_applied_deltas_change_and_restore(chat_base: Path, chat_data: dict[str,
     name = MODULES[2]
     weight = dict(model.named_modules())[name].weight
     before = weight.detach().clone()
-    delta = {name: torch.randn(weight.shape, generator=torch.Generator().manual_seed(0))}
+    gen = torch.Generator().manual_seed(0)
+    update = {name: (torch.randn(weight.shape[0], 3, generator=gen), torch.randn(3, weight.shape[1], generator=gen))}
     options = FisherOptions(max_examples=4)
     plain = fisher_pass(model, tokenizer, bases, chat_data["u1"], options)
-    moved = fisher_pass(model, tokenizer, bases, chat_data["u1"], options, deltas=delta)
+    moved = fisher_pass(model, tokenizer, bases, chat_data["u1"], options, updates=update)
     assert torch.equal(weight, before)
     # the gradient reaching layer 0 passes through the moved layer-1 weight; its own input does not
     assert rel_diff(plain[MODULES[0]].G, moved[MODULES[0]].G) > 1e-3
     assert rel_diff(plain[name].A, moved[name].A) < 1e-6
-    with applied_deltas(model, delta):
-        assert torch.allclose(weight, before + delta[name])
+    with applied_updates(model, update):
+        assert torch.allclose(weight, before + update[name][0] @ update[name][1])
 
 
 def test_factor_file_roundtrip_and_cache(tmp_path: Path) -> None:
     gen = torch.Generator().manual_seed(0)
     factors = {"m.a": KFACFactors(torch.rand(2, 2, generator=gen, dtype=torch.float64),
                                   torch.rand(3, 3, generator=gen, dtype=torch.float64),
-                                  torch.rand(3, 2, generator=gen, dtype=torch.float64), 17.0)}
+                                  torch.rand(3, 2, generator=gen, dtype=torch.float64), 17.0,
+                                  torch.rand(3, 2, generator=gen, dtype=torch.float64), loss_sum=6.0, labels=3.0)}
     bases = {"m.a": (torch.eye(5)[:, :3], torch.eye(4)[:, :2])}
     save_factors(tmp_path / "f.safetensors", factors, bases, {"note": "x"})
     loaded, loaded_bases, meta = load_factors(tmp_path / "f.safetensors")
     assert meta == {"note": "x"} and loaded["m.a"].tokens == 17.0
     assert torch.equal(loaded["m.a"].G_sum, factors["m.a"].G_sum)
+    assert torch.equal(loaded["m.a"].grad_sum, factors["m.a"].grad_sum) and loaded["m.a"].nll == 2.0
     assert torch.equal(loaded_bases["m.a"][1], bases["m.a"][1])
 
     calls = []

@@ -12,9 +12,13 @@ import torch
 from sst_merge.gevp import (
     DegenerateSpectrumWarning,
     calibrate_beta,
+    diagonal_gevp,
+    first_order_filter,
     hard_keep_mask,
     injection_filter,
     kronecker_gevp,
+    nearest_kronecker,
+    pooling_weights,
     safety_energy,
     soft_filter,
 )
@@ -153,3 +157,98 @@ def test_nan_factor_is_an_error(factors: dict[str, torch.Tensor]) -> None:
     bad[0, 0] = float("nan")
     with pytest.raises(ValueError, match="m.v_proj"):
         kronecker_gevp(factors["A_s"], factors["G_s"], bad, factors["G_u"], GAMMA, module="m.v_proj")
+
+
+def tvec(M: torch.Tensor) -> torch.Tensor:
+    """Column-major vec in torch: vec(G C Aᵀ) = (A ⊗ G) vec(C)."""
+    return M.T.reshape(-1)
+
+
+def tunvec(v: torch.Tensor, p: int, q: int) -> torch.Tensor:
+    return v.reshape(q, p).T
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.7, 30.0])
+def test_first_order_step_equals_dense_solve(factors: dict[str, torch.Tensor], beta: float) -> None:
+    """δ' = δ_u − β(F_u+βF_s)⁻¹g at the anchor δ_u, and the general anchor a, against torch.linalg.solve on
+    dense Kronecker products."""
+    eig = kronecker_gevp(factors["A_s"], factors["G_s"], factors["A_u"], factors["G_u"], GAMMA)
+    F_u = torch.kron(eig.M_A, eig.M_G)
+    F_s = torch.kron(factors["A_s"], factors["G_s"])
+    gen = torch.Generator().manual_seed(11)
+    d_u, g, a = (torch.randn(P, Q, generator=gen, dtype=torch.float64) for _ in range(3))
+    ours = eig.reconstruct(first_order_filter(eig.coefficients(d_u), eig.coefficients(d_u),
+                                              eig.natural_coefficients(g), eig.lam, beta))
+    expected = d_u - beta * tunvec(torch.linalg.solve(F_u + beta * F_s, tvec(g)), P, Q)
+    assert torch.allclose(ours, expected, rtol=1e-9, atol=1e-11)
+    ours = eig.reconstruct(first_order_filter(eig.coefficients(d_u), eig.coefficients(a),
+                                              eig.natural_coefficients(g), eig.lam, beta))
+    rhs = F_u @ tvec(d_u) - beta * tvec(g) + beta * F_s @ tvec(a)
+    assert torch.allclose(ours, tunvec(torch.linalg.solve(F_u + beta * F_s, rhs), P, Q), rtol=1e-9, atol=1e-11)
+    # a safety loss ½‖δ‖²_{F_s} has the gradient F_s a at a: the step is then the plain soft filter
+    g_quadratic = tunvec(F_s @ tvec(a), P, Q)
+    step = eig.reconstruct(first_order_filter(eig.coefficients(d_u), eig.coefficients(a),
+                                              eig.natural_coefficients(g_quadratic), eig.lam, beta))
+    assert torch.allclose(step, eig.reconstruct(eig.coefficients(d_u) * soft_filter(eig.lam, beta)), atol=1e-10)
+
+
+def test_diagonal_eigenbasis_equals_dense_diagonal_problem() -> None:
+    """λ, the soft filter and the first-order step of diagonal Fishers against dense diag matrices."""
+    gen = torch.Generator().manual_seed(5)
+    D_s, D_u = (torch.rand(P, Q, generator=gen, dtype=torch.float64) for _ in range(2))
+    eig = diagonal_gevp(D_s, D_u, GAMMA)
+    eps = GAMMA * float(D_u.mean())
+    F_s, F_u = torch.diag(tvec(D_s)), torch.diag(tvec(D_u) + eps)
+    dense = scipy.linalg.eigh(F_s.numpy(), F_u.numpy(), eigvals_only=True)
+    np.testing.assert_allclose(np.sort(vec(eig.lam)), np.sort(dense), rtol=1e-10)
+    d_u, g = (torch.randn(P, Q, generator=gen, dtype=torch.float64) for _ in range(2))
+    beta = 3.0
+    filtered = eig.reconstruct(eig.coefficients(d_u) * soft_filter(eig.lam, beta))
+    assert torch.allclose(filtered, tunvec(torch.linalg.solve(F_u + beta * F_s, F_u @ tvec(d_u)), P, Q))
+    step = eig.reconstruct(first_order_filter(eig.coefficients(d_u), eig.coefficients(d_u),
+                                              eig.natural_coefficients(g), eig.lam, beta))
+    assert torch.allclose(step, d_u - beta * tunvec(torch.linalg.solve(F_u + beta * F_s, tvec(g)), P, Q))
+    # λc² is the safety energy vec(δ)ᵀ F_s vec(δ)
+    assert safety_energy(eig.lam, eig.coefficients(d_u)) == pytest.approx(float(tvec(d_u) @ F_s @ tvec(d_u)))
+
+
+def test_diagonal_variant_never_forms_the_pq_squared_matrix() -> None:
+    """p = q = 384 (a 24-expert rank-16 union): the dense (pq)² float64 matrix would be 174 GB."""
+    gen = torch.Generator().manual_seed(0)
+    D_s, D_u = (torch.rand(384, 384, generator=gen, dtype=torch.float64) for _ in range(2))
+    eig = diagonal_gevp(D_s, D_u, GAMMA)
+    assert eig.lam.shape == (384, 384)
+    assert torch.allclose(eig.lam, D_s / (D_u + GAMMA * D_u.mean()))
+
+
+def rearranged(F: torch.Tensor, p: int, q: int) -> torch.Tensor:
+    """Van Loan's rearrangement (q², p²) of a dense (pq, pq) matrix: row (i, j) is vec of its (i, j) p×p block,
+    so that R(A ⊗ G) = vec(A) vec(G)ᵀ."""
+    blocks = F.reshape(q, p, q, p).permute(0, 2, 1, 3)  # [i, j] = block (i, j)
+    return blocks.reshape(q * q, p * p)
+
+
+def weighted_mean_of_products(As, Gs, pi) -> torch.Tensor:
+    return sum(float(w) * torch.kron(a, g) for w, a, g in zip(pi, As, Gs, strict=True))
+
+
+def test_nearest_kronecker_is_the_top_singular_pair_of_the_rearrangement() -> None:
+    """Against the SVD of the dense rearranged weighted mean; and never worse than the product of means."""
+    As = [random_spd(Q, 20 + k, rank=2) for k in range(3)]
+    Gs = [random_spd(P, 30 + k) * (k + 1) for k in range(3)]
+    pi = pooling_weights([1.0, -0.5, 2.0])
+    assert torch.allclose(pi, torch.tensor([1 / 3.5, 0.5 / 3.5, 2 / 3.5], dtype=torch.float64))
+    F = weighted_mean_of_products(As, Gs, pi)
+    U, S, Vh = torch.linalg.svd(rearranged(F, P, Q))
+    best = S[0] * torch.kron(U[:, 0].reshape(Q, Q), Vh[0].reshape(P, P))
+    A, G = nearest_kronecker(As, Gs, pi)
+    assert torch.allclose(torch.kron(A, G), best, rtol=1e-9, atol=1e-12)
+    # positive semidefinite factors (the combination coefficients are ≥ 0)
+    assert float(torch.linalg.eigvalsh(A).min()) > -1e-12 and float(torch.linalg.eigvalsh(G).min()) > -1e-12
+    mean_A, mean_G = sum(float(w) * a for w, a in zip(pi, As, strict=True)), sum(
+        float(w) * g for w, g in zip(pi, Gs, strict=True))
+    error = float((F - torch.kron(A, G)).norm() / F.norm())
+    assert error <= float((F - torch.kron(mean_A, mean_G)).norm() / F.norm()) + 1e-12
+    # one task: its own factors
+    A1, G1 = nearest_kronecker(As[:1], Gs[:1], pooling_weights([2.0]))
+    assert torch.allclose(torch.kron(A1, G1), torch.kron(As[0], Gs[0]), rtol=1e-10)

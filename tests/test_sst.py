@@ -44,7 +44,7 @@ def test_beta_zero_equals_ta(chat_base: Path, chat_adapters: list[Path], chat_da
 
 def dense_expected(loaded, context, name: str, beta: float, safety: dict) -> torch.Tensor:
     """U [(F_u+βF_s)⁻¹(F_u δ_u + βF_s δ_s)] Vᵀ with dense (pq)×(pq) Kronecker products."""
-    ctx = context[name]
+    ctx = context.modules[name]
     sub, eig = ctx.subspace, ctx.eig
     p, q = sub.p, sub.q
     F_u = np.kron(eig.M_A.numpy(), eig.M_G.numpy())
@@ -137,7 +137,7 @@ def test_diagonal_variant_is_the_elementwise_closed_form(chat_base: Path, chat_a
     context = loaded.method.prepare(loaded.job, loaded.params)
     merge_adapters(config, loaded, context)
     name = "model.layers.1.mlp.down_proj"
-    ctx = context[name]
+    ctx = context.modules[name]
     sub = ctx.subspace
     d_u = sum(c.double() for c in sub.cores[:3] if c is not None)
     d_s = sub.cores[3].double() if sub.cores[3] is not None else torch.zeros_like(d_u)

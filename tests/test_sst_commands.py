@@ -11,6 +11,7 @@ import torch
 from sst_merge.cli import main
 from sst_merge.commands.inspect import subspace_overlap
 from sst_merge.fisher import FisherOptions, fisher_pass, load_factors
+from sst_merge.lora import load_adapter
 from sst_merge.models import load_model
 
 pytest_plugins = ["sst_fixtures"]  # chat_base, chat_adapters, chat_data
@@ -27,8 +28,16 @@ def test_fisher_command_writes_the_factors_and_fills_the_cache(chat_base: Path, 
     assert meta["world_size"] == 1 and len(list((tmp_path / "cache").glob("fisher-*"))) == 1
     model, tokenizer = load_model(chat_base, dtype="float32")
     name = "model.layers.1.self_attn.v_proj"
-    direct = fisher_pass(model, tokenizer, {name: bases[name]}, chat_data["u0"], FisherOptions(max_examples=5))
+    # by default at base + task arithmetic: every adapted module moved by the adapters' summed ΔW
+    summed: dict[str, torch.Tensor] = {}
+    for adapter in (chat_adapters[0], chat_adapters[2]):
+        for m, f in load_adapter(adapter).modules.items():
+            summed[m] = summed.get(m, torch.zeros(f.shape)) + f.delta()
+    ta = {m: (delta, torch.eye(delta.shape[1])) for m, delta in summed.items()}
+    direct = fisher_pass(model, tokenizer, {name: bases[name]}, chat_data["u0"], FisherOptions(max_examples=5), ta)
     assert float((direct[name].G - factors[name].G).norm() / direct[name].G.norm()) < 1e-6
+    at_base = fisher_pass(model, tokenizer, {name: bases[name]}, chat_data["u0"], FisherOptions(max_examples=5))
+    assert float((at_base[name].G - factors[name].G).norm() / at_base[name].G.norm()) > 1e-3
 
 
 def test_inspect_writes_json_and_png(chat_base: Path, chat_adapters: list[Path], chat_data: dict[str, Path],

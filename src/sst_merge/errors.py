@@ -26,8 +26,10 @@ def validation_message(exc: ValidationError, most: int = 5) -> str:
     """A pydantic ValidationError as one line: `where: problem; …` (unknown keys named as such)."""
     parts = []
     for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "config"
-        parts.append(f"{where}: {'unknown key' if err['type'] == 'extra_forbidden' else err['msg']}")
+        where = ".".join(str(p) for p in err["loc"])
+        # A check across several keys (a model validator) has no location: its own sentence says it all.
+        problem = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {problem}" if where else problem)
     return "; ".join(parts[:most]) + (f" (+{len(parts) - most} more)" if len(parts) > most else "")
 
 

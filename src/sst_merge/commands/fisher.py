@@ -19,7 +19,14 @@ from sst_merge.distributed import all_reduce_factors, init_from_env
 from sst_merge.errors import require_at_least
 from sst_merge.fisher import save_factors
 from sst_merge.merge import load_job, parse_weights
-from sst_merge.methods.fisher_setup import FisherParams, factor_sets, identity, job_subspaces, load_extra_adapter
+from sst_merge.methods.fisher_setup import (
+    FactorSource,
+    FisherParams,
+    identity,
+    job_subspaces,
+    load_extra_adapter,
+    start_point,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -37,8 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--output", type=Path, required=True, help="factors file (.safetensors)")
     parser.add_argument("--weights", help="comma-separated adapter weights (only used with --at ta)")
     parser.add_argument("--kind", choices=["empirical", "true"], default="empirical", help="Fisher kind")
-    parser.add_argument("--at", choices=["base", "ta"], default="base",
-                        help="take the Fisher at the base or at base + task arithmetic")
+    parser.add_argument("--at", choices=["base", "ta"], default="ta",
+                        help="take the Fisher at base + task arithmetic (as merge does by default) or at the base")
     parser.add_argument("--max-examples", type=int, default=256, help="rows used from the data file")
     parser.add_argument("--max-length", type=int, default=512, help="tokens per example")
     parser.add_argument("--batch-size", type=int, default=8, help="examples per pass")
@@ -67,14 +74,18 @@ def run(args: argparse.Namespace) -> int:
     extra = [load_extra_adapter(args.safety_adapter, job)] if args.safety_adapter else []
     subspaces = job_subspaces(job, extra)
     rank, world = init_from_env()
-    (factors,) = factor_sets(job, subspaces, [args.data], params, extra, rank, world,
-                             reduce=all_reduce_factors if world > 1 else None)
+    point = start_point(job, args.at)
+    source = FactorSource(job, subspaces, params, extra, rank, world,
+                          reduce=all_reduce_factors if world > 1 else None)
+    (factors,) = source.factors([args.data], point)
     if rank == 0:
         bases = {name: (s.U, s.V) for name, s in subspaces.items() if name in factors}
         meta = {"data": str(args.data), "options": params.fisher_options().key(),
-                "identity": identity(job, extra, args.at), "world_size": world}
+                "identity": identity(job, extra, point), "world_size": world}
         save_factors(args.output, factors, bases, meta)
         tokens = max((f.tokens for f in factors.values()), default=0)
-        Console().print(f"fisher: {len(factors)} modules, {tokens:.0f} tokens, {world} process(es), "
+        nll = next(iter(factors.values())).nll if factors else 0.0
+        Console().print(f"fisher: {len(factors)} modules, {tokens:.0f} tokens, NLL {nll:.3g} nats/token at "
+                        f"{point.label}, {world} process(es), "
                         f"{time.perf_counter() - started:.1f} s → {args.output}")
     return 0

@@ -18,7 +18,7 @@ from rich.console import Console
 from sst_merge.atomic import atomic_output_dir, check_output, write_json_atomic
 from sst_merge.gevp import soft_filter
 from sst_merge.lora import LoraFactors
-from sst_merge.merge import build_merge_config, load_inputs
+from sst_merge.merge import build_merge_config, load_inputs, prepare
 from sst_merge.methods.sst import SSTContext, utility_core
 
 
@@ -34,6 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="chat JSONL of the tasks (one per adapter, or one)")
     parser.add_argument("--beta", type=float, help="β to evaluate (default: SST's calibrated β)")
     parser.add_argument("--damping", type=float, default=0.01, help="γ, damping of the utility factors")
+    parser.add_argument("--fisher-at", choices=["base", "ta"], default="ta",
+                        help="take the Fishers at base + task arithmetic (as merge does by default) or at the base")
     parser.add_argument("--fisher-max-examples", type=int, default=256, help="rows per data file")
     parser.add_argument("--cache-dir", type=Path, help="Fisher factor cache (shared with merge)")
     parser.add_argument("--device", default="cpu", help="device of the Fisher pass")
@@ -89,11 +91,13 @@ def run(args: argparse.Namespace) -> int:
     config = build_merge_config(dict(
         base=args.base, adapters=args.adapters, method="sst", output=args.output, safety_data=args.safety_data,
         utility_data=args.utility_data, safety_adapter=args.safety_adapter, beta=args.beta, damping=args.damping,
+        fisher_at=args.fisher_at,
         fisher_max_examples=args.fisher_max_examples, cache_dir=args.cache_dir, device=args.device,
     ))
     check_output(args.output, args.force)
     loaded = load_inputs(config)
-    contexts = loaded.method.prepare(loaded.job, loaded.params)
+    prepared = prepare(loaded)
+    contexts = prepared.modules
     beta = args.beta if args.beta is not None else next(iter(contexts.values())).beta
     modules: dict[str, Any] = {}
     for name, ctx in contexts.items():

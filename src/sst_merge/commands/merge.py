@@ -99,6 +99,18 @@ def config_from_args(args: argparse.Namespace) -> MergeConfig:
     return build_merge_config(values)
 
 
+def resolved_summary(value: Any) -> str:
+    """The settings a method resolved as one line: floats to 4 significant digits, records as
+    `key=value` lists, lists (the Fisher rounds) in brackets."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={resolved_summary(v)}" for k, v in value.items())
+    if isinstance(value, list):
+        return "[" + "; ".join(resolved_summary(v) for v in value) + "]"
+    return str(value)
+
+
 def print_report(report: MergeReport, console: Console | None = None) -> None:
     """Print a short summary table of a merge."""
     console = console or Console()
@@ -108,6 +120,8 @@ def print_report(report: MergeReport, console: Console | None = None) -> None:
     table.add_row("adapters (ranks)", ", ".join(str(r) for r in report.adapter_ranks))
     table.add_row("weights", ", ".join(f"{w:g}" for w in report.weights))
     table.add_row("parameters", ", ".join(f"{k}={v}" for k, v in report.params.items()) or "-")
+    if report.resolved:
+        table.add_row("resolved", resolved_summary(report.resolved))
     table.add_row("modules", str(len(report.modules)))
     if report.rank is not None:
         table.add_row("output rank", str(report.rank))

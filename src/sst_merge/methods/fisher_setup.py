@@ -6,8 +6,8 @@ counts.
 
 Where the Fisher is taken (`fisher_at`, `fisher_rounds`): the safety Fisher is only informative where
 the safety loss is alive. At a well-aligned base, on refusal data, the refusal NLL and its gradients
-are ~0 (measured on the synthetic testbed: 9.8e-5 nats/token, safety factors 3.5e-9 of the utility
-factors), and a filter built from them leaves the merged update's harmful directions untouched. The
+are ~0 (DESIGN §3, measured on the synthetic testbed: 9.8e-5 nats/token, safety factors 3.5e-9 of
+the utility factors), and a filter built from them leaves the merged update's harmful directions untouched. The
 merge does not live at the base but at base + ΔW, where the same rows cost nats per token. So both
 Fishers are taken by default at the task-arithmetic point ("ta", base + Σ w_k ΔW_k): the safety one
 because that is where refusal breaks, the utility one because SST's objective ½‖δ'−δ_u‖²_{F_u}

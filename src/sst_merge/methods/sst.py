@@ -4,7 +4,31 @@ Per module, on the cores of the shared subspace: δ_u = Σ w_k C_k; c = coeffici
 eigenbasis of F_s v = λ F_u v; c'_ij = c_ij/(1+βλ_ij) (or zero on the top-ρ fraction of λ); the safety
 adapter's core, if given, is added with βλ/(1+βλ) (or on that top fraction); ΔW* = U (δ'_u + δ'_s) Vᵀ.
 Without β the soft filter's β is calibrated so that it removes `safety_share` of the safety-Fisher
-energy Σ λ c² of the merged update (all modules together).
+energy Σ λ c² of the merged update (all modules together); the β used is recorded (`resolve_sst`).
+
+The filter c/(1+βλ) is the minimiser of ½‖δ'−δ_u‖²_{F_u} + ½β‖δ'‖²_{F_s}: a model of the safety loss
+as a quadratic that is minimal at the base, with F_s as its curvature. Three choices decide how well
+that model describes the merge (see `fisher_setup` for the first two):
+
+* where F_s is taken (`fisher_at`, default "ta", base + task arithmetic): at the base, on refusal data,
+  the refusal loss is ~0 and so is F_s; at the merged point the refusal loss is large and F_s sees the
+  directions that break it (DESIGN §3: on the synthetic testbed the factor ratio went from 3.5e-9 at
+  the base to 1.97 at base + TA, and SST's refusal from 0.00 to 0.90–1.00 for β ≥ 1e3).
+* iterating (`fisher_rounds`): the filtered merge is a new point; F_s re-taken there sees what is
+  still harmful after the filter (and stops seeing what the filter already removed), so a few rounds
+  move the filter to where the merge ends up rather than where it started.
+* the first-order term (`first_order`): around a point a (the utility core the Fisher was taken at:
+  δ_u at "ta", 0 at "base", the last round's filtered core after it) the safety loss also has a
+  measured gradient g_s, and the minimiser of ½‖δ'−δ_u‖²_{F_u} + β[g_sᵀ(δ'−a) + ½‖δ'−a‖²_{F_s}] is
+  c' = c_a + (c_u − c_a − βĝ_s)/(1+βλ) in the same eigenbasis (`gevp.first_order_filter`); at a = δ_u
+  that is δ_u − β(F_u+βF_s)⁻¹g_s. If the safety loss really were ½‖δ‖²_{F_s}, g_s = F_s a and this is
+  exactly the filter, so the option changes the merge only where the measured gradient disagrees with
+  the quadratic model — which is where the model is wrong. It needs the empirical Fisher (the true
+  Fisher's pass backpropagates sampled labels, whose gradient is zero in expectation) and the soft
+  filter. The calibrated β is the filter's (the same energy rule), then weighs the gradient step.
+
+Which of these keeps refusal best on the real organism is measured on its validation split (issue 14);
+the defaults here are "ta", one round, no first-order term, until those measurements say otherwise.
 """
 
 from __future__ import annotations
@@ -12,30 +36,47 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from sst_merge.errors import InputError
+from sst_merge.fisher import KFACFactors
 from sst_merge.gevp import (
-    KroneckerEigen,
+    Eigenbasis,
     calibrate_beta,
-    damping,
+    diagonal_gevp,
+    first_order_filter,
     hard_keep_mask,
     injection_filter,
     kronecker_gevp,
+    safety_energy,
     soft_filter,
 )
-from sst_merge.methods.base import Factored, MergeJob, MergeMethod, ModuleInputs
-from sst_merge.methods.fisher_setup import FisherParams, factor_sets, job_subspaces, load_extra_adapter, pooled
+from sst_merge.methods.base import Factored, MergeJob, MergeMethod, ModuleInputs, Prepared
+from sst_merge.methods.fisher_setup import (
+    FactorSource,
+    FisherParams,
+    FisherPoint,
+    UtilityPooling,
+    core_point,
+    factors_nll,
+    iterate_safety,
+    job_subspaces,
+    load_extra_adapter,
+    pooled,
+    start_point,
+)
 from sst_merge.methods.registry import register
 from sst_merge.progress import console
 from sst_merge.subspace import ModuleSubspace
 
-# Share of the merged update's safety-Fisher energy the default β removes. Chosen among 0.5/0.9/0.99
-# on the validation split of an 8-expert testbed build (best refusal and accuracy there; the test
-# split was not used). On that build no share met the safety target: see the issue 4 report.
+# Share of the task-arithmetic update's safety-Fisher energy that the default (calibrated) β removes.
+# 0.9 was picked among 0.5/0.9/0.99 on the validation split of a synthetic testbed build whose safety
+# Fisher was degenerate (taken at the base, on rows the base was trained on: ~1e-9 of the utility
+# Fisher), so that choice carries little evidence. It is to be re-chosen on the real organism's
+# validation split; the β each merge used is recorded in its report and provenance either way.
 DEFAULT_SAFETY_SHARE = 0.9
 
 
@@ -52,25 +93,53 @@ class SSTParams(FisherParams):
     hard_top: float | None = Field(None, gt=0.0, le=1.0, description="zero the top-ρ fraction of λ instead")
     damping: float = Field(0.01, gt=0.0, description="γ: damping of the utility factors relative to their trace")
     fisher: Literal["kfac", "diagonal"] = Field("kfac", description="K-FAC factors, or the diagonal (ablation)")
+    first_order: bool = Field(False, description="add the safety loss's measured gradient to the filter "
+                                                 "(δ' = δ_u − β(F_u+βF_s)⁻¹g_s at the TA point)")
+    utility_pooling: UtilityPooling = Field(
+        "kronecker", description="pool the tasks' utility Fishers as the nearest Kronecker product of their "
+                                 "weighted mean, or as the product of the weighted means")
+
+    @model_validator(mode="after")
+    def _compatible(self) -> SSTParams:
+        if self.first_order and self.hard_top is not None:
+            raise ValueError("first_order needs the soft filter (beta), not hard_top")
+        if self.first_order and self.fisher_kind == "true":
+            raise ValueError("first_order needs fisher_kind empirical (the true Fisher's sampled labels have a "
+                             "zero-mean gradient)")
+        if self.fisher_rounds > 1 and self.beta_sweep:
+            raise ValueError("fisher_rounds > 1 re-takes the Fisher at the merge of one β: give beta, not beta_sweep")
+        return self
 
 
 @dataclass(frozen=True)
 class SSTContext:
-    """One module's prepared state: subspace, eigenvalues λ (p, q), the eigenbasis (None for the
-    diagonal variant, whose eigenbasis is the core's own coordinates) and the calibrated β."""
+    """One module's prepared state (cores (p, q), float64): subspace (its first `experts` cores are the
+    experts', a last one the safety adapter's), the eigenbasis (None when every update of the module is
+    zero), the coefficients c_u of the task-arithmetic core δ_u, the calibrated β, and for the
+    first-order term the safety gradient g_s and the utility core a at the point they were taken at."""
 
     subspace: ModuleSubspace
-    lam: torch.Tensor | None
-    eig: KroneckerEigen | None
+    eig: Eigenbasis | None
+    experts: int = 0
+    c_u: torch.Tensor | None = None
     beta: float = 0.0
+    grad: torch.Tensor | None = None
+    anchor: torch.Tensor | None = None
+
+    @property
+    def lam(self) -> torch.Tensor | None:
+        """λ (p, q), or None for a module without updates."""
+        return self.eig.lam if self.eig is not None else None
 
     def coefficients(self, core: torch.Tensor) -> torch.Tensor:
         """Eigen-coefficients (p, q) of a core."""
-        return self.eig.coefficients(core) if self.eig is not None else core.double()
+        assert self.eig is not None
+        return self.eig.coefficients(core)
 
     def reconstruct(self, c: torch.Tensor) -> torch.Tensor:
         """The core (p, q) of eigen-coefficients."""
-        return self.eig.reconstruct(c) if self.eig is not None else c
+        assert self.eig is not None
+        return self.eig.reconstruct(c)
 
 
 def utility_core(subspace: ModuleSubspace, weights: list[float]) -> torch.Tensor:
@@ -82,61 +151,132 @@ def utility_core(subspace: ModuleSubspace, weights: list[float]) -> torch.Tensor
     return core
 
 
-def diagonal_ratio(D_s: torch.Tensor, D_u: torch.Tensor, gamma: float) -> torch.Tensor:
-    """λ = D_s/(D_u + ε) elementwise (p, q) for diagonal Fishers, ε = γ·mean(D_u) (see `gevp.damping`)."""
-    eps, _ = damping(torch.diag(D_u.reshape(-1)), gamma, torch.diag(D_s.reshape(-1)))
-    return D_s.double() / (D_u.double() + eps)
+def used_beta(ctx: SSTContext, params: SSTParams) -> float:
+    """The β of a merge: the given one, else the calibrated one."""
+    return params.beta if params.beta is not None else ctx.beta
 
 
-def prepare_sst(job: MergeJob, params: SSTParams) -> dict[str, SSTContext]:
-    """Subspaces, safety and utility Fisher factors (one pass per dataset), the GEVP of every module."""
+def filtered_cores(ctx: SSTContext, params: SSTParams) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(filtered utility core, injected safety core or None), each (p, q) float64, of one module with updates."""
+    assert ctx.eig is not None and ctx.c_u is not None
+    lam = ctx.eig.lam
+    if params.hard_top is not None:
+        keep = hard_keep_mask(lam, params.hard_top)
+        c, inject = ctx.c_u * keep, 1.0 - keep
+    else:
+        beta = used_beta(ctx, params)
+        inject = injection_filter(lam, beta)
+        if params.first_order:
+            assert ctx.grad is not None and ctx.anchor is not None
+            c = first_order_filter(ctx.c_u, ctx.coefficients(ctx.anchor), ctx.eig.natural_coefficients(ctx.grad),
+                                   lam, beta)
+        else:
+            c = ctx.c_u * soft_filter(lam, beta)
+    safety = ctx.subspace.cores[ctx.experts] if len(ctx.subspace.cores) > ctx.experts else None
+    injected = ctx.reconstruct(ctx.coefficients(safety) * inject) if safety is not None else None
+    return ctx.reconstruct(c), injected
+
+
+def merged_core(ctx: SSTContext, params: SSTParams) -> torch.Tensor:
+    """δ'_u + δ'_s (p, q): the core of the module's merged update."""
+    utility, injected = filtered_cores(ctx, params)
+    return utility if injected is None else utility + injected
+
+
+def prepare_sst(job: MergeJob, params: SSTParams) -> Prepared:
+    """Subspaces, safety and utility Fisher factors (one pass per dataset, at the point `fisher_at`), the
+    GEVP of every module; then `fisher_rounds` − 1 times the safety factors again at the filtered merge."""
     if len(params.utility_data) not in (1, len(job.adapters)):
         raise InputError(f"{len(params.utility_data)} utility data files for {len(job.adapters)} adapters "
                          "(give one per adapter, or one for all)")
     extra = [load_extra_adapter(params.safety_adapter, job)] if params.safety_adapter else []
     subspaces = job_subspaces(job, extra)
-    sets = factor_sets(job, subspaces, [params.safety_data, *params.utility_data], params, extra)
-    safety, utility = sets[0], sets[1:]
-    contexts: dict[str, SSTContext] = {}
-    for name, sub in subspaces.items():
-        if not (sub.p and sub.q):
-            contexts[name] = SSTContext(sub, None, None)
+    source = FactorSource(job, subspaces, params, extra)
+    point = start_point(job, params.fisher_at)
+    safety, *utility = source.factors([params.safety_data, *params.utility_data], point)
+    live = [name for name, sub in subspaces.items() if sub.p and sub.q]
+    utility_factors = {name: pooled(utility, job.weights, params.utility_pooling, name) for name in live}
+
+    def build(factors: dict[str, KFACFactors], previous: dict[str, SSTContext] | None
+              ) -> tuple[dict[str, SSTContext], dict[str, Any]]:
+        contexts: dict[str, SSTContext] = {}
+        for name, sub in subspaces.items():
+            if name not in utility_factors:
+                contexts[name] = SSTContext(sub, None, len(job.adapters))
+                continue
+            A_u, G_u, D_u = utility_factors[name]
+            eig: Eigenbasis = (kronecker_gevp(factors[name].A, factors[name].G, A_u, G_u, params.damping, name)
+                               if params.fisher == "kfac" else diagonal_gevp(factors[name].diag, D_u, params.damping,
+                                                                             name))
+            delta_u = utility_core(sub, job.weights)
+            if previous is not None:
+                anchor = filtered_cores(previous[name], params)[0]
+            else:
+                anchor = delta_u if point.label == "ta" else torch.zeros_like(delta_u)
+            contexts[name] = SSTContext(sub, eig, len(job.adapters), eig.coefficients(delta_u),
+                                        grad=factors[name].grad, anchor=anchor)
+        if params.beta is not None or params.hard_top is not None:
+            return contexts, {}
+        beta = calibrate_beta([(ctx.lam, ctx.c_u) for ctx in contexts.values() if ctx.eig is not None],
+                              params.safety_share)
+        return {name: dataclasses.replace(ctx, beta=beta) for name, ctx in contexts.items()}, {"beta": beta}
+
+    def merged_point(contexts: dict[str, SSTContext], label: str) -> FisherPoint:
+        cores = {name: merged_core(ctx, params) for name, ctx in contexts.items() if ctx.eig is not None}
+        return core_point(label, subspaces, cores)
+
+    contexts, rounds = iterate_safety(source, params.safety_data, params.fisher_rounds, (point, safety), build,
+                                      merged_point)
+    for entry in rounds:
+        beta = f", β = {entry['beta']:.4g} removes {params.safety_share:.0%} of the safety-Fisher energy" \
+            if "beta" in entry else ""
+        nll = "–" if entry["safety_nll"] is None else f"{entry['safety_nll']:.3g}"
+        console.print(f"sst: Fisher at {entry['point']}: safety NLL {nll} nats/token{beta}")
+    facts = {"fisher_at": point.label, "rounds": rounds, "utility_nll": [factors_nll(u) for u in utility]}
+    return Prepared(contexts, facts)
+
+
+def removed_share(contexts: dict[str, SSTContext], params: SSTParams) -> float | None:
+    """Share of the task-arithmetic update's safety-Fisher energy Σλc_u² (all modules, the last round's
+    F_s) that the filtered utility update no longer has; None when there is none."""
+    before = after = 0.0
+    for ctx in contexts.values():
+        if ctx.eig is None:
             continue
-        A_u, G_u, D_u = pooled(utility, name)
-        if params.fisher == "kfac":
-            eig = kronecker_gevp(safety[name].A, safety[name].G, A_u, G_u, params.damping, name)
-            contexts[name] = SSTContext(sub, eig.lam, eig)
-        else:
-            contexts[name] = SSTContext(sub, diagonal_ratio(safety[name].diag, D_u, params.damping), None)
-    if params.beta is None and params.hard_top is None:
-        spectra = [
-            (ctx.lam, ctx.coefficients(utility_core(ctx.subspace, job.weights)))
-            for ctx in contexts.values() if ctx.lam is not None
-        ]
-        beta = calibrate_beta(spectra, params.safety_share)
-        console.print(f"sst: β = {beta:.4g} removes {params.safety_share:.0%} of the safety-Fisher energy")
-        contexts = {name: dataclasses.replace(ctx, beta=beta) for name, ctx in contexts.items()}
-    return contexts
+        before += safety_energy(ctx.eig.lam, ctx.c_u)
+        after += safety_energy(ctx.eig.lam, ctx.coefficients(filtered_cores(ctx, params)[0]))
+    return 1.0 - after / before if before > 0 else None
+
+
+def resolve_sst(prepared: Prepared, params: SSTParams) -> dict[str, Any]:
+    """The filter a merge used — β (given, or calibrated, with its rule) or ρ — the safety energy it
+    removed, the Fisher points with the safety NLL there, and the pooling."""
+    contexts: dict[str, SSTContext] = prepared.modules
+    if params.hard_top is not None:
+        chosen: dict[str, Any] = {"filter": "hard_top", "hard_top": params.hard_top}
+    elif params.beta is not None:
+        chosen = {"filter": "soft", "beta": params.beta, "beta_source": "given"}
+    else:
+        chosen = {"filter": "soft", "beta": prepared.facts["rounds"][-1]["beta"],
+                  "beta_source": f"calibrated: removes safety_share = {params.safety_share} of the task-arithmetic "
+                                 "update's safety-Fisher energy"}
+    return {
+        **chosen,
+        "first_order": params.first_order,
+        "safety_energy_removed": removed_share(contexts, params),
+        "fisher": params.fisher,
+        "utility_pooling": params.utility_pooling,
+        **prepared.facts,
+    }
 
 
 def merge_sst(inputs: ModuleInputs, params: SSTParams) -> Factored:
     """Filter the utility core of one module and inject the safety core; returns U core · Vᵀ factored."""
     ctx: SSTContext = inputs.context
-    sub = ctx.subspace
     d_out, d_in = inputs.shape
-    if ctx.lam is None:  # every update of this module is zero
+    if ctx.eig is None:  # every update of this module is zero
         return Factored(B=torch.zeros(d_out, 1), A=torch.zeros(1, d_in))
-    if params.hard_top is not None:
-        keep = hard_keep_mask(ctx.lam, params.hard_top)
-        inject = 1.0 - keep
-    else:
-        beta = params.beta if params.beta is not None else ctx.beta
-        keep, inject = soft_filter(ctx.lam, beta), injection_filter(ctx.lam, beta)
-    core = ctx.reconstruct(ctx.coefficients(utility_core(sub, inputs.weights)) * keep)
-    safety = sub.cores[len(inputs.experts)] if len(sub.cores) > len(inputs.experts) else None
-    if safety is not None:
-        core = core + ctx.reconstruct(ctx.coefficients(safety) * inject)
-    return Factored.in_bases(sub.U, core, sub.V)
+    return Factored.in_bases(ctx.subspace.U, merged_core(ctx, params), ctx.subspace.V)
 
 
 SST = register(
@@ -147,5 +287,6 @@ SST = register(
         params=SSTParams,
         merge_module=merge_sst,
         prepare=prepare_sst,
+        resolve=resolve_sst,
     )
 )
