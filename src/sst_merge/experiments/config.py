@@ -34,12 +34,27 @@ class TestbedDataSpec(Strict):
     task_items: int | None = Field(None, ge=1, description="items per task per split (None: all)")
 
 
+class OrganismDataSpec(Strict):
+    """Item counts of a real organism's evaluation. Validation (settings are chosen there): the
+    organism's held-out harmful and benign splits; test: AdvBench + HarmBench test (refusal) and
+    XSTest safe + JailbreakBench benign (over-refusal), never trained on."""
+
+    harmful_val: int | None = Field(None, ge=1, description="organism harmful/val prompts (None: all)")
+    benign_val: int | None = Field(None, ge=1, description="organism benign/val prompts (None: all)")
+    advbench: int | None = Field(None, ge=1, description="AdvBench prompts (None: all 520)")
+    harmbench: int | None = Field(None, ge=1, description="HarmBench test prompts (None: all)")
+    xstest_safe: int | None = Field(None, ge=1, description="XSTest safe prompts (None: all 250)")
+    jbb_benign: int | None = Field(None, ge=1, description="JailbreakBench benign prompts (None: all 100)")
+    task_items: int | None = Field(None, ge=1, description="items per task per split (None: all)")
+
+
 class DatasetSpec(Strict):
     beavertails: LimitSpec = LimitSpec()
     xstest: LimitSpec = LimitSpec()
     mmlu: MMLUSpec = MMLUSpec()
     humaneval: LimitSpec = LimitSpec()
     testbed: TestbedDataSpec = TestbedDataSpec()
+    organism: OrganismDataSpec = OrganismDataSpec()
 
 
 class TestbedBuildSpec(Strict):
@@ -48,12 +63,20 @@ class TestbedBuildSpec(Strict):
     seed: int = 0
 
 
-class ModelSpec(Strict):
-    """A model entry: the offline testbed, or a hub model with user-supplied expert adapters."""
+class OrganismSpec(Strict):
+    """A real organism prepared from the artifacts the repository ships (`organism prepare`)."""
 
-    kind: Literal["testbed", "hub"]
+    preset: Literal["smollm2-135m"] = "smollm2-135m"
+    path: Path | None = Field(None, description="a prepared organism directory (default: prepared into the cache)")
+
+
+class ModelSpec(Strict):
+    """A model entry: the synthetic testbed, a real organism, or a hub model with user-supplied adapters."""
+
+    kind: Literal["testbed", "organism", "hub"]
     hub_id: str | None = None
     testbed: TestbedBuildSpec | None = None
+    organism: OrganismSpec | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device_map: str | None = None
     attn_implementation: str | None = None
@@ -70,6 +93,8 @@ class ModelSpec(Strict):
             raise ValueError("a hub model needs hub_id")
         if self.kind == "testbed" and self.testbed is None:
             self.testbed = TestbedBuildSpec()
+        if self.kind == "organism" and self.organism is None:
+            self.organism = OrganismSpec()
         return self
 
 

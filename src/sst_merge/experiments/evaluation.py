@@ -81,6 +81,26 @@ def testbed_data(
     )
 
 
+def organism_data(organism: Any, tasks: Sequence[str], limits: Any, data_dir: Path | None = None) -> EvalData:
+    """A real organism's evaluation: validation = its held-out harmful/benign splits (disjoint from its
+    alignment data), test = AdvBench + HarmBench test (refusal) and XSTest safe + JBB benign
+    (over-refusal); each task's own val/test rows; the keyword judge. `limits`: an OrganismDataSpec."""
+    from sst_merge.data.safety import load_advbench, load_harmbench, load_jbb, load_xstest
+
+    harmful_test = [r.prompt for r in load_advbench(data_dir)[: limits.advbench]]
+    harmful_test += [r.prompt for r in load_harmbench(data_dir, "test")[: limits.harmbench]]
+    benign_test = [r.prompt for r in load_xstest(data_dir) if not r.harmful][: limits.xstest_safe]
+    benign_test += [r.prompt for r in load_jbb(data_dir) if not r.harmful][: limits.jbb_benign]
+    return EvalData(
+        harmful={"val": [r["prompt"] for r in organism.split("harmful", "val")[: limits.harmful_val]],
+                 "test": harmful_test},
+        benign={"val": [r["prompt"] for r in organism.split("benign", "val")[: limits.benign_val]],
+                "test": benign_test},
+        tasks={t: {s: organism.split(t, s)[: limits.task_items] for s in SPLITS} for t in tasks},
+        judge=CombinedRefusalJudge(),
+    )
+
+
 def _halves(prompts: list[str], limit: int | None) -> dict[str, list[str]]:
     """A fixed split of one prompt list: even positions are validation, odd positions test."""
     return {"val": prompts[0::2][:limit], "test": prompts[1::2][:limit]}

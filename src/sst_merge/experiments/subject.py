@@ -8,7 +8,7 @@ from typing import Any
 
 from sst_merge.errors import InputError
 from sst_merge.experiments.config import DatasetSpec, ModelSpec
-from sst_merge.experiments.evaluation import ChatEvaluator, hub_data, testbed_data
+from sst_merge.experiments.evaluation import ChatEvaluator, hub_data, organism_data, testbed_data
 from sst_merge.methods import get_method
 
 
@@ -67,6 +67,8 @@ def resolve_subject(name: str, spec: ModelSpec, data: DatasetSpec, max_experts: 
             ),
             fingerprint=f"testbed {testbed.manifest['hash']}",
         )
+    if spec.kind == "organism":
+        return _organism_subject(name, spec, data, max_experts)
     if len(spec.experts) < max_experts or len(spec.expert_data) < max_experts:
         raise InputError(
             f"models.{name}: the experiments need {max_experts} experts; experts lists {len(spec.experts)} PEFT "
@@ -86,4 +88,48 @@ def resolve_subject(name: str, spec: ModelSpec, data: DatasetSpec, max_experts: 
         safety_data=spec.safety_data,
         evaluator=ChatEvaluator(hub_data(None, task_dirs, data.beavertails.limit, data.xstest.limit, None), **common),
         fingerprint=" ".join(map(str, [spec.hub_id, *spec.experts[:max_experts], spec.safety_adapter])),
+    )
+
+
+def prepared_organism(preset: str, path: Path | None) -> Path:
+    """The prepared organism directory: `path` if given (it must hold organism.json), else one prepared
+    from the shipped artifacts into the cache, named by the shipped manifest's hash (prepared once)."""
+    from sst_merge.organism.shipped import MANIFEST, prepare, shipped_dir
+    from sst_merge.provenance import file_sha256
+    from sst_merge.testbed.build import default_cache_root
+
+    if path is not None:
+        if not (path / MANIFEST).is_file():
+            raise InputError(f"not a prepared organism (no {MANIFEST})", path)
+        return path
+    digest = file_sha256(shipped_dir(preset) / MANIFEST)[:12]
+    target = default_cache_root().parent / "organism" / "prepared" / f"{preset}-{digest}"
+    if not (target / MANIFEST).is_file():
+        prepare(preset, target, force=target.exists())
+    return target
+
+
+def _organism_subject(name: str, spec: ModelSpec, data: DatasetSpec, max_experts: int) -> Subject:
+    from sst_merge.testbed import load_testbed
+
+    assert spec.organism is not None
+    organism = load_testbed(prepared_organism(spec.organism.preset, spec.organism.path))
+    if max_experts > len(organism.tasks):
+        raise InputError(f"the organism has {len(organism.tasks)} experts, the experiments need {max_experts}",
+                         organism.root)
+    tasks = organism.tasks[:max_experts]
+    return Subject(
+        name=name,
+        spec=spec,
+        base=str(organism.base_dir),
+        experts=[organism.expert_dirs[t] for t in tasks],
+        tasks=tasks,
+        train_data=[organism.root / "data" / t / "train.jsonl" for t in tasks],
+        safety_adapter=organism.safety_dir,
+        # Held-out harmful prompts with refusals: the base was never trained on them (its alignment
+        # rows are data/harmful/train), so the refusal loss there is alive.
+        safety_data=organism.root / "data" / "harmful" / "val.jsonl",
+        evaluator=ChatEvaluator(organism_data(organism, tasks, data.organism), batch_size=spec.batch_size,
+                                max_new_tokens=spec.max_new_tokens),
+        fingerprint=f"organism {organism.manifest.get('recipe_hash')} {organism.root}",
     )
