@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from sst_merge.errors import InputError
 from sst_merge.writers import base_shard_files, read_safetensors_header
@@ -60,21 +61,39 @@ def linear_shapes(path: str | Path) -> dict[str, tuple[int, int]]:
     }
 
 
-def stored_weight_shapes(path: str | Path) -> dict[str, tuple[int, int]] | None:
-    """{module: (d_out, d_in)} of every 2-D `<module>.weight` in the base's safetensors files, read from
-    their headers; None when the base has no safetensors checkpoint."""
+def stored_weight_index(path: str | Path) -> dict[str, tuple[str, tuple[int, int]]] | None:
+    """{module: (shard file name, (d_out, d_in))} of every 2-D `<module>.weight` in a model's safetensors
+    files, read from their headers; None when the model has no safetensors checkpoint."""
     path = Path(path)
     files = base_shard_files(path)
     if files is None:
         return None
-    shapes = {}
+    index = {}
     for name in files:
         _, header = read_safetensors_header(path / name)
         for tensor, info in header.items():
             shape = info.get("shape") if isinstance(info, dict) else None
             if tensor.endswith(".weight") and isinstance(shape, list) and len(shape) == 2:
-                shapes[tensor.removesuffix(".weight")] = (int(shape[0]), int(shape[1]))
-    return shapes
+                index[tensor.removesuffix(".weight")] = (name, (int(shape[0]), int(shape[1])))
+    return index
+
+
+def stored_weight_shapes(path: str | Path) -> dict[str, tuple[int, int]] | None:
+    """{module: (d_out, d_in)} of every 2-D `<module>.weight` in the base's safetensors files, read from
+    their headers; None when the base has no safetensors checkpoint."""
+    index = stored_weight_index(path)
+    return None if index is None else {module: shape for module, (_, shape) in index.items()}
+
+
+def read_weight(path: str | Path, shard: str, module: str) -> torch.Tensor:
+    """The weight of `module` (d_out, d_in) from the safetensors file `shard` of the model at `path`, as
+    float32: that one tensor is read, not the file."""
+    file = Path(path) / shard
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            return handle.get_tensor(f"{module}.weight").float()
+    except (SafetensorError, OSError) as exc:
+        raise InputError(f"cannot read {module}.weight ({exc})", file) from exc
 
 
 def adapted_module_shapes(path: str | Path, modules: Collection[str]) -> dict[str, tuple[int, int]]:
