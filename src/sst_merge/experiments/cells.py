@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sst_merge.atomic import write_json_atomic
+from sst_merge.merge import MergeReport
 
 
 @dataclass(frozen=True)
@@ -55,3 +56,14 @@ class CellStore:
     def put(self, cell: Cell, record: dict[str, Any]) -> None:
         """Save the finished `cell` with its `record` (the cell itself is stored in it too)."""
         write_json_atomic(self.path(cell), {"cell": asdict(cell), **record})
+
+
+def merge_summary(report: MergeReport) -> dict[str, Any]:
+    """What a merge cell records of its merge: timings, module count, and the settings the method resolved
+    (the β SST calibrated, AGL's critical directions, Safe LoRA's projected modules)."""
+    return {"seconds": report.seconds, "modules": len(report.modules), "resolved": report.resolved}
+
+
+def resolved_of(record: dict[str, Any]) -> dict[str, Any]:
+    """The resolved settings a cell's record holds (empty for reference cells and cells saved before)."""
+    return dict((record.get("merge") or {}).get("resolved") or {})

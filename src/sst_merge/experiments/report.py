@@ -16,6 +16,36 @@ def fmt_rate(rate: dict[str, Any] | None) -> str:
     return fmt_metric(rate["value"], rate["ci"], rate["n"]) if rate else "–"
 
 
+# Resolved settings worth a place in the tables, and how they are labelled there.
+RESOLVED_SHOWN = {
+    "beta": "β", "hard_top": "ρ", "safety_energy_removed": "safety energy removed", "top_k": "top_k",
+    "energy": "energy", "critical_directions": "critical directions", "threshold": "τ",
+    "num_proj_layers": "modules", "treated": "treated",
+}
+
+
+def _fmt_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return "/".join(_fmt_value(v) for v in value)
+    return str(value)
+
+
+def fmt_setting(param: str, value: Any, resolved: dict[str, Any] | None = None) -> str:
+    """`beta = 4.7e+07 (calibrated); safety energy removed = 0.9`: the swept setting, with the number the
+    method resolved where the setting left it open (None), and the other resolved numbers worth showing."""
+    resolved = resolved or {}
+    if value is None and resolved.get(param) is not None:
+        source = str(resolved.get(f"{param}_source", "resolved")).split(":")[0]
+        text = f"{param} = {_fmt_value(resolved[param])} ({source})"
+    else:
+        text = f"{param} = {_fmt_value(value)}"
+    extra = [f"{label} = {_fmt_value(resolved[key])}" for key, label in RESOLVED_SHOWN.items()
+             if key != param and resolved.get(key) is not None]
+    return "; ".join([text, *extra])
+
+
 def _mean_sd(values: list[float | None]) -> str:
     clean = [v for v in values if v is not None]
     if len(clean) < 2:
@@ -55,7 +85,8 @@ def _references(results: dict[str, Any]) -> list[str]:
                 f"{fmt_rate(e['test']['accuracy'])}; base {fmt_number(base_acc['value'] if base_acc else None)}",
             ]
         )
-    chosen = [[m, f"{c['param']} = {c['value']}"] for m, c in results["selection"]["chosen"].items()]
+    chosen = [[m, fmt_setting(c["param"], c["value"], c.get("resolved"))]
+              for m, c in results["selection"]["chosen"].items()]
     return [
         "## References (test split)",
         "",
@@ -74,7 +105,7 @@ def _exp1(results: dict[str, Any], exp_dir: Path) -> list[str]:
     rows = [
         [
             label,
-            f"{r['param']} = {r['value']}",
+            fmt_setting(r["param"], r["value"], r.get("resolved")),
             fmt_rate(r["test"]["refusal"]),
             fmt_rate(r["test"]["over_refusal"]),
             fmt_number(r["test"]["normalized_accuracy"]),
@@ -151,7 +182,7 @@ def _exp3(results: dict[str, Any], exp_dir: Path) -> list[str]:
         rows.append(
             [
                 name,
-                f"{entry['param']} = {entry['chosen']}",
+                fmt_setting(entry["param"], entry["chosen"], runs[0].get("resolved")),
                 refusal,
                 over,
                 _mean_sd([r["test"]["normalized_accuracy"] for r in runs]),
