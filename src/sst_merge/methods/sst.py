@@ -29,6 +29,7 @@ that model describes the merge (see `fisher_setup` for the first two):
 
 Which of these keeps refusal best on the real organism is measured on its validation split (issue 14);
 the defaults here are "ta", one round, no first-order term, until those measurements say otherwise.
+The derivations, the pooling of the tasks' utility Fishers and its measurements: docs/fisher-and-baselines.md.
 """
 
 from __future__ import annotations
