@@ -14,6 +14,7 @@ from sst_merge.gevp import (
     calibrate_beta,
     diagonal_gevp,
     first_order_filter,
+    first_order_rank_one,
     hard_keep_mask,
     injection_filter,
     kronecker_gevp,
@@ -252,3 +253,29 @@ def test_nearest_kronecker_is_the_top_singular_pair_of_the_rearrangement() -> No
     # one task: its own factors
     A1, G1 = nearest_kronecker(As[:1], Gs[:1], pooling_weights([2.0]))
     assert torch.allclose(torch.kron(A1, G1), torch.kron(As[0], Gs[0]), rtol=1e-10)
+
+
+def test_first_order_with_the_gradient_outer_product_equals_the_dense_coupled_solve() -> None:
+    """Two modules, F'_s = blockdiag(F_s1, F_s2) + g gᵀ (g over both): Sherman–Morrison in the eigenbases
+    against torch.linalg.solve of the dense (p1q1 + p2q2) system, with a general anchor."""
+    shapes, eigs, F_u, F_s = [(4, 3), (2, 5)], [], [], []
+    for i, (p, q) in enumerate(shapes):
+        A_s, G_s, A_u, G_u = random_spd(q, 40 + i), random_spd(p, 50 + i), random_spd(q, 60 + i), random_spd(p, 70 + i)
+        eig = kronecker_gevp(A_s, G_s, A_u, G_u, GAMMA)
+        eigs.append(eig)
+        F_u.append(torch.kron(eig.M_A, eig.M_G))
+        F_s.append(torch.kron(A_s, G_s))
+    gen = torch.Generator().manual_seed(12)
+    d_u, g, a = ([torch.randn(p, q, generator=gen, dtype=torch.float64) for p, q in shapes] for _ in range(3))
+    beta = 2.5
+    ours = first_order_rank_one([e.coefficients(x) for e, x in zip(eigs, d_u, strict=True)],
+                                [e.coefficients(x) for e, x in zip(eigs, a, strict=True)],
+                                [e.natural_coefficients(x) for e, x in zip(eigs, g, strict=True)],
+                                [e.lam for e in eigs], beta)
+    flat = lambda parts: torch.cat([tvec(x) for x in parts])  # noqa: E731
+    F_model = torch.block_diag(*F_s) + torch.outer(flat(g), flat(g))
+    F_util = torch.block_diag(*F_u)
+    rhs = F_util @ flat(d_u) - beta * flat(g) + beta * F_model @ flat(a)
+    expected = torch.linalg.solve(F_util + beta * F_model, rhs)
+    assert torch.allclose(flat([e.reconstruct(c) for e, c in zip(eigs, ours, strict=True)]), expected,
+                          rtol=1e-9, atol=1e-11)

@@ -95,6 +95,11 @@ class KFACFactors:
         """The data's mean NLL in nats per response token (0 when nothing was accumulated)."""
         return self.loss_sum / self.labels if self.labels > 0 else 0.0
 
+    @property
+    def loss_per_position(self) -> float:
+        """The summed NLL per position (nats): the loss whose gradient is `grad` and curvature Ā ⊗ Ḡ."""
+        return self.loss_sum / self.tokens if self.tokens > 0 else 0.0
+
     def tensors(self) -> dict[str, torch.Tensor]:
         """Every sum and count as a float64 tensor, by name (the file format and the all-reduce use these)."""
         assert self.grad_sum is not None

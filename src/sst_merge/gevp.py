@@ -268,6 +268,34 @@ def first_order_filter(
     return c_anchor.double() + (c_u.double() - c_anchor.double() - beta * g_nat.double()) / (1.0 + beta * lam)
 
 
+def first_order_rank_one(
+    c_u: Sequence[torch.Tensor], c_anchor: Sequence[torch.Tensor], g_nat: Sequence[torch.Tensor],
+    lam: Sequence[torch.Tensor], beta: float,
+) -> list[torch.Tensor]:
+    """`first_order_filter` of all modules at once with the safety curvature F_s + g gᵀ instead of F_s.
+
+    Lists over modules, each entry (p_m, q_m); g is the gradient of the whole model, so g gᵀ couples the
+    modules. Why: the exact empirical Fisher F = E[g_t g_tᵀ] satisfies F ⪰ ḡḡᵀ (their difference is the
+    gradients' covariance), so its Newton step predicts at most ½ nats of decrease (ḡᵀF⁻¹ḡ ≤ 1); K-FAC's
+    Ā ⊗ Ḡ loses that bound and can be far too flat along ḡ. Adding ḡḡᵀ back restores it. In the
+    eigenbasis the system is (D + β ĝĝᵀ) c' = r with D = I + βΛ and r = c_u + βΛc_a − β(1 − ĝ·c_a) ĝ, and
+    Sherman–Morrison gives c' = D⁻¹r − β (ĝ·D⁻¹r)/(1 + β ĝ·D⁻¹ĝ) D⁻¹ĝ: O(Σ pq), with the two dot
+    products summed over all modules.
+    """
+    c_u = [c.double() for c in c_u]
+    c_anchor = [c.double() for c in c_anchor]
+    g_nat = [g.double() for g in g_nat]
+    inverse = [1.0 / (1.0 + beta * la) for la in lam]
+    g_dot_a = sum(float((g * a).sum()) for g, a in zip(g_nat, c_anchor, strict=True))
+    D_r = [(u + beta * la * a - beta * (1.0 - g_dot_a) * g) * d
+           for u, a, g, la, d in zip(c_u, c_anchor, g_nat, lam, inverse, strict=True)]
+    D_g = [g * d for g, d in zip(g_nat, inverse, strict=True)]
+    g_D_r = sum(float((g * x).sum()) for g, x in zip(g_nat, D_r, strict=True))
+    g_D_g = sum(float((g * x).sum()) for g, x in zip(g_nat, D_g, strict=True))
+    factor = beta * g_D_r / (1.0 + beta * g_D_g)
+    return [x - factor * y for x, y in zip(D_r, D_g, strict=True)]
+
+
 def hard_keep_mask(lam: torch.Tensor, rho: float) -> torch.Tensor:
     """1.0 where λ is outside the top-`rho` fraction of all entries of λ, 0.0 on that top fraction."""
     keep = torch.ones_like(lam, dtype=torch.float64)

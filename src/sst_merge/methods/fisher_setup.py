@@ -206,23 +206,30 @@ def iterate_safety(
 
     `build(safety factors, previous contexts or None)` returns the contexts and facts of the round (a
     calibrated β); `merged_point(contexts, label)` the point their merge lands at. Returns the last
-    round's contexts and each round's record: its point, the safety NLL there (nats per response
-    token) and the facts.
+    round's contexts and each round's record: its point, the safety loss there (`pass_losses`) and
+    the facts.
     """
     point, factors = first
     contexts, facts = build(factors, None)
-    history = [{"point": point.label, "safety_nll": factors_nll(factors), **facts}]
+    history = [{"point": point.label, **pass_losses(factors), **facts}]
     for round_number in range(2, rounds + 1):
         point = merged_point(contexts, f"round {round_number}")
         (factors,) = source.factors([data], point)
         contexts, facts = build(factors, contexts)
-        history.append({"point": point.label, "safety_nll": factors_nll(factors), **facts})
+        history.append({"point": point.label, **pass_losses(factors), **facts})
     return contexts, history
 
 
 def factors_nll(factors: dict[str, KFACFactors]) -> float | None:
     """The data's NLL (nats per response token) of a pass; every module of a pass records the same."""
     return next(iter(factors.values())).nll if factors else None
+
+
+def pass_losses(factors: dict[str, KFACFactors]) -> dict[str, float | None]:
+    """A pass's loss for the record: NLL per response token, and per position (the unit of g and F)."""
+    first = next(iter(factors.values()), None)
+    return {"safety_nll": first.nll if first else None,
+            "safety_loss_per_position": first.loss_per_position if first else None}
 
 
 UtilityPooling = Literal["kronecker", "means"]

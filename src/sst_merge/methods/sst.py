@@ -26,6 +26,14 @@ that model describes the merge (see `fisher_setup` for the first two):
   the quadratic model — which is where the model is wrong. It needs the empirical Fisher (the true
   Fisher's pass backpropagates sampled labels, whose gradient is zero in expectation) and the soft
   filter. The calibrated β is the filter's (the same energy rule), then weighs the gradient step.
+  K-FAC's Ā ⊗ Ḡ can be far flatter along g_s than the exact Fisher (which is ⪰ g_s g_sᵀ), so by default
+  the model's curvature is F_s + g_s g_sᵀ (`first_order_curvature`), solved over all modules at once;
+  its predicted decrease is then at most ½ nat per position. Measured on the micro testbed (few-step
+  models, 3 experts): with K-FAC alone the step was 220–6100× the TA update and predicted a drop of
+  5.5–21 nats per position from a loss of ~1; with F_s + ggᵀ the prediction stays near −0.48 (never
+  below −½), but the step is still 4–800× the update, and the safety NLL measured at the first-order
+  merge rose (4.47 nats/token at TA → 5.96–6.16 with either curvature, β calibrated, 1 or 100), where the
+  plain filter's merge gave 4.08–5.32. Hence off by default.
 
 Which of these keeps refusal best on the real organism is measured on its validation split (issue 14);
 the defaults here are "ta", one round, no first-order term, until those measurements say otherwise.
@@ -49,6 +57,7 @@ from sst_merge.gevp import (
     calibrate_beta,
     diagonal_gevp,
     first_order_filter,
+    first_order_rank_one,
     hard_keep_mask,
     injection_filter,
     kronecker_gevp,
@@ -96,6 +105,9 @@ class SSTParams(FisherParams):
     fisher: Literal["kfac", "diagonal"] = Field("kfac", description="K-FAC factors, or the diagonal (ablation)")
     first_order: bool = Field(False, description="add the safety loss's measured gradient to the filter "
                                                  "(δ' = δ_u − β(F_u+βF_s)⁻¹g_s at the TA point)")
+    first_order_curvature: Literal["kfac+gg", "kfac"] = Field(
+        "kfac+gg", description="safety curvature of the first-order model: K-FAC plus the gradient's outer "
+                               "product (bounds the step), or K-FAC alone")
     utility_pooling: UtilityPooling = Field(
         "kronecker", description="pool the tasks' utility Fishers as the nearest Kronecker product of their "
                                  "weighted mean, or as the product of the weighted means")
@@ -109,6 +121,8 @@ class SSTParams(FisherParams):
                              "zero-mean gradient)")
         if self.fisher_rounds > 1 and self.beta_sweep:
             raise ValueError("fisher_rounds > 1 re-takes the Fisher at the merge of one β: give beta, not beta_sweep")
+        if self.first_order and self.beta_sweep:
+            raise ValueError("first_order solves one system over all modules per β: give beta, not beta_sweep")
         return self
 
 
@@ -117,7 +131,8 @@ class SSTContext:
     """One module's prepared state (cores (p, q), float64): subspace (its first `experts` cores are the
     experts', a last one the safety adapter's), the eigenbasis (None when every update of the module is
     zero), the coefficients c_u of the task-arithmetic core δ_u, the calibrated β, and for the
-    first-order term the safety gradient g_s and the utility core a at the point they were taken at."""
+    first-order term the safety gradient g_s, the utility core a at the point they were taken at, and
+    the filtered coefficients c' (solved in `prepare_sst`: with F_s + ggᵀ they couple all modules)."""
 
     subspace: ModuleSubspace
     eig: Eigenbasis | None
@@ -126,6 +141,7 @@ class SSTContext:
     beta: float = 0.0
     grad: torch.Tensor | None = None
     anchor: torch.Tensor | None = None
+    c_step: torch.Tensor | None = None
 
     @property
     def lam(self) -> torch.Tensor | None:
@@ -168,9 +184,8 @@ def filtered_cores(ctx: SSTContext, params: SSTParams) -> tuple[torch.Tensor, to
         beta = used_beta(ctx, params)
         inject = injection_filter(lam, beta)
         if params.first_order:
-            assert ctx.grad is not None and ctx.anchor is not None
-            c = first_order_filter(ctx.c_u, ctx.coefficients(ctx.anchor), ctx.eig.natural_coefficients(ctx.grad),
-                                   lam, beta)
+            assert ctx.c_step is not None
+            c = ctx.c_step
         else:
             c = ctx.c_u * soft_filter(lam, beta)
     safety = ctx.subspace.cores[ctx.experts] if len(ctx.subspace.cores) > ctx.experts else None
@@ -182,6 +197,24 @@ def merged_core(ctx: SSTContext, params: SSTParams) -> torch.Tensor:
     """δ'_u + δ'_s (p, q): the core of the module's merged update."""
     utility, injected = filtered_cores(ctx, params)
     return utility if injected is None else utility + injected
+
+
+def with_first_order_step(contexts: dict[str, SSTContext], params: SSTParams) -> dict[str, SSTContext]:
+    """The contexts with c' of the first-order model solved (`gevp.first_order_rank_one` over all modules,
+    or `gevp.first_order_filter` per module for the K-FAC curvature alone)."""
+    live = [name for name, ctx in contexts.items() if ctx.eig is not None]
+    blocks = []
+    for name in live:
+        ctx = contexts[name]
+        assert ctx.eig is not None and ctx.grad is not None and ctx.anchor is not None and ctx.c_u is not None
+        blocks.append((ctx.c_u, ctx.coefficients(ctx.anchor), ctx.eig.natural_coefficients(ctx.grad), ctx.eig.lam))
+    beta = used_beta(contexts[live[0]], params) if live else 0.0
+    if params.first_order_curvature == "kfac+gg":
+        steps = first_order_rank_one(*(list(x) for x in zip(*blocks, strict=True)), beta) if blocks else []
+    else:
+        steps = [first_order_filter(*block, beta) for block in blocks]
+    return {**contexts, **{name: dataclasses.replace(contexts[name], c_step=c) for name, c in zip(live, steps,
+                                                                                              strict=True)}}
 
 
 def prepare_sst(job: MergeJob, params: SSTParams) -> Prepared:
@@ -216,11 +249,15 @@ def prepare_sst(job: MergeJob, params: SSTParams) -> Prepared:
                 anchor = delta_u if point.label == "ta" else torch.zeros_like(delta_u)
             contexts[name] = SSTContext(sub, eig, len(job.adapters), eig.coefficients(delta_u),
                                         grad=factors[name].grad, anchor=anchor)
-        if params.beta is not None or params.hard_top is not None:
-            return contexts, {}
-        beta = calibrate_beta([(ctx.lam, ctx.c_u) for ctx in contexts.values() if ctx.eig is not None],
-                              params.safety_share)
-        return {name: dataclasses.replace(ctx, beta=beta) for name, ctx in contexts.items()}, {"beta": beta}
+        facts: dict[str, Any] = {}
+        if params.beta is None and params.hard_top is None:
+            beta = calibrate_beta([(ctx.lam, ctx.c_u) for ctx in contexts.values() if ctx.eig is not None],
+                                  params.safety_share)
+            contexts = {name: dataclasses.replace(ctx, beta=beta) for name, ctx in contexts.items()}
+            facts["beta"] = beta
+        if params.first_order:
+            contexts = with_first_order_step(contexts, params)
+        return contexts, facts
 
     def merged_point(contexts: dict[str, SSTContext], label: str) -> FisherPoint:
         cores = {name: merged_core(ctx, params) for name, ctx in contexts.items() if ctx.eig is not None}
@@ -249,6 +286,21 @@ def removed_share(contexts: dict[str, SSTContext], params: SSTParams) -> float |
     return 1.0 - after / before if before > 0 else None
 
 
+def first_order_prediction(contexts: dict[str, SSTContext], params: SSTParams) -> float:
+    """The change of the safety loss (nats per position) that the first-order model predicts for the
+    merge, from the point it was taken at: Σ_modules ĝ·(c'−c_a) + ½ Σ λ (c'−c_a)². A drop larger than
+    the loss there (`safety_loss_per_position`) means the step left the range where the model can hold."""
+    linear = quadratic = 0.0
+    for ctx in contexts.values():
+        if ctx.eig is None or ctx.grad is None or ctx.anchor is None:
+            continue
+        step = ctx.coefficients(filtered_cores(ctx, params)[0]) - ctx.coefficients(ctx.anchor)
+        linear += float((ctx.eig.natural_coefficients(ctx.grad) * step).sum())
+        quadratic += 0.5 * float((ctx.eig.lam * step**2).sum())
+    # with F_s + ggᵀ the curvature adds ½ (gᵀs)²
+    return linear + quadratic + (0.5 * linear**2 if params.first_order_curvature == "kfac+gg" else 0.0)
+
+
 def resolve_sst(prepared: Prepared, params: SSTParams) -> dict[str, Any]:
     """The filter a merge used — β (given, or calibrated, with its rule) or ρ — the safety energy it
     removed, the Fisher points with the safety NLL there, and the pooling."""
@@ -261,9 +313,12 @@ def resolve_sst(prepared: Prepared, params: SSTParams) -> dict[str, Any]:
         chosen = {"filter": "soft", "beta": prepared.facts["rounds"][-1]["beta"],
                   "beta_source": f"calibrated: removes safety_share = {params.safety_share} of the task-arithmetic "
                                  "update's safety-Fisher energy"}
+    predicted = {"first_order_curvature": params.first_order_curvature,
+                 "first_order_predicted_change": first_order_prediction(contexts, params)} if params.first_order else {}
     return {
         **chosen,
         "first_order": params.first_order,
+        **predicted,
         "safety_energy_removed": removed_share(contexts, params),
         "fisher": params.fisher,
         "utility_pooling": params.utility_pooling,
