@@ -164,6 +164,6 @@ def test_bad_input_is_one_line_before_any_weight_is_read(chat_base: Path, chat_a
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no model.safetensors"):
         run(chat_base, chat_adapters[:3], tmp_path / "c", method="safe_lora", original=tmp_path / "empty")
-    with pytest.raises(InputError, match="not found"):
+    with pytest.raises(InputError, match="original: Path does not point to a directory"):
         run(chat_base, chat_adapters[:3], tmp_path / "d", method="safe_lora", original=tmp_path / "missing")
     assert not any((tmp_path / x).exists() for x in "abcd")

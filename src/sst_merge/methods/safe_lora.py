@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import DirectoryPath, Field
 
 from sst_merge.base_model import read_weight, stored_weight_index
 from sst_merge.errors import InputError
@@ -53,8 +53,8 @@ from sst_merge.progress import track
 class AlignmentParams(MethodParams):
     """What both methods need: the unaligned original of the base, and the cosine threshold τ."""
 
-    original: Path = Field(description="the unaligned model the base was aligned from (HF directory with "
-                                       "safetensors); V = W_base − W_original per module")
+    original: DirectoryPath = Field(description="the unaligned model the base was aligned from (HF directory "
+                                                "with safetensors); V = W_base − W_original per module")
     threshold: float = Field(0.5, ge=-1.0, le=1.0, description="τ: treat a module where cos(CΔW, ΔW) is at most τ")
 
 
@@ -134,8 +134,6 @@ def alignment_sources(job: MergeJob, original: Path) -> tuple[dict, dict]:
     base_index = stored_weight_index(job.base)
     if base_index is None:
         raise InputError("no safetensors checkpoint: the alignment matrix is read from safetensors files", job.base)
-    if not Path(original).is_dir():
-        raise InputError("original model directory not found", original)
     original_index = stored_weight_index(original)
     if original_index is None:
         raise InputError("no model.safetensors or model.safetensors.index.json (the unaligned original is read "

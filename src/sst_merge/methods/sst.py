@@ -173,30 +173,31 @@ def used_beta(ctx: SSTContext, params: SSTParams) -> float:
     return params.beta if params.beta is not None else ctx.beta
 
 
-def filtered_cores(ctx: SSTContext, params: SSTParams) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(filtered utility core, injected safety core or None), each (p, q) float64, of one module with updates."""
+def filter_coefficients(ctx: SSTContext, params: SSTParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """(eigen-coefficients of the filtered utility core, factor on the safety core's coefficients), each
+    (p, q) float64, of one module with updates."""
     assert ctx.eig is not None and ctx.c_u is not None
     lam = ctx.eig.lam
     if params.hard_top is not None:
         keep = hard_keep_mask(lam, params.hard_top)
-        c, inject = ctx.c_u * keep, 1.0 - keep
-    else:
-        beta = used_beta(ctx, params)
-        inject = injection_filter(lam, beta)
-        if params.first_order:
-            assert ctx.c_step is not None
-            c = ctx.c_step
-        else:
-            c = ctx.c_u * soft_filter(lam, beta)
-    safety = ctx.subspace.cores[ctx.experts] if len(ctx.subspace.cores) > ctx.experts else None
-    injected = ctx.reconstruct(ctx.coefficients(safety) * inject) if safety is not None else None
-    return ctx.reconstruct(c), injected
+        return ctx.c_u * keep, 1.0 - keep
+    beta = used_beta(ctx, params)
+    if params.first_order:
+        assert ctx.c_step is not None
+        return ctx.c_step, injection_filter(lam, beta)
+    return ctx.c_u * soft_filter(lam, beta), injection_filter(lam, beta)
+
+
+def filtered_utility_core(ctx: SSTContext, params: SSTParams) -> torch.Tensor:
+    """δ'_u (p, q): the module's filtered utility core, without the injected safety part."""
+    return ctx.reconstruct(filter_coefficients(ctx, params)[0])
 
 
 def merged_core(ctx: SSTContext, params: SSTParams) -> torch.Tensor:
     """δ'_u + δ'_s (p, q): the core of the module's merged update."""
-    utility, injected = filtered_cores(ctx, params)
-    return utility if injected is None else utility + injected
+    c, inject = filter_coefficients(ctx, params)
+    safety = ctx.subspace.cores[ctx.experts] if len(ctx.subspace.cores) > ctx.experts else None
+    return ctx.reconstruct(c if safety is None else c + ctx.coefficients(safety) * inject)
 
 
 def with_first_order_step(contexts: dict[str, SSTContext], params: SSTParams) -> dict[str, SSTContext]:
@@ -244,7 +245,7 @@ def prepare_sst(job: MergeJob, params: SSTParams) -> Prepared:
                                                                              name))
             delta_u = utility_core(sub, job.weights)
             if previous is not None:
-                anchor = filtered_cores(previous[name], params)[0]
+                anchor = filtered_utility_core(previous[name], params)
             else:
                 anchor = delta_u if point.label == "ta" else torch.zeros_like(delta_u)
             contexts[name] = SSTContext(sub, eig, len(job.adapters), eig.coefficients(delta_u),
@@ -282,7 +283,7 @@ def removed_share(contexts: dict[str, SSTContext], params: SSTParams) -> float |
         if ctx.eig is None:
             continue
         before += safety_energy(ctx.eig.lam, ctx.c_u)
-        after += safety_energy(ctx.eig.lam, ctx.coefficients(filtered_cores(ctx, params)[0]))
+        after += safety_energy(ctx.eig.lam, filter_coefficients(ctx, params)[0])
     return 1.0 - after / before if before > 0 else None
 
 
@@ -294,7 +295,7 @@ def first_order_prediction(contexts: dict[str, SSTContext], params: SSTParams) -
     for ctx in contexts.values():
         if ctx.eig is None or ctx.grad is None or ctx.anchor is None:
             continue
-        step = ctx.coefficients(filtered_cores(ctx, params)[0]) - ctx.coefficients(ctx.anchor)
+        step = filter_coefficients(ctx, params)[0] - ctx.coefficients(ctx.anchor)
         linear += float((ctx.eig.natural_coefficients(ctx.grad) * step).sum())
         quadratic += 0.5 * float((ctx.eig.lam * step**2).sum())
     # with F_s + ggᵀ the curvature adds ½ (gᵀs)²
