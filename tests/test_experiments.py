@@ -175,7 +175,7 @@ def test_shipped_config_validates():
     config = load_experiment_config(Path(__file__).parents[1] / "configs" / "experiment_config_real.yaml")
     assert config.num_experts("exp2", "minimal") == [8, 12, 16]
     assert config.num_experts("exp2", "full") == [8, 12, 16, 20, 24]
-    assert set(config.models) == {"testbed", "mistral-7b", "llama-3.1-8b", "qwen-2.5-14b"}
+    assert set(config.models) == {"smollm2-135m", "testbed", "mistral-7b", "llama-3.1-8b", "qwen-2.5-14b"}
     assert set(config.methods) == {"TA", "TIES", "DARE", "AGL", "SST-Merge"}
 
 

@@ -17,7 +17,7 @@ import yaml
 from sst_merge.atomic import write_json_atomic, write_text_atomic
 from sst_merge.errors import InputError
 from sst_merge.eval.safety_tax import SafetyTaxCalculator, Setting
-from sst_merge.experiments.cells import Cell, CellStore
+from sst_merge.experiments.cells import Cell, CellStore, merge_summary, resolved_of
 from sst_merge.experiments.config import ExperimentConfig, MethodSpec, Mode
 from sst_merge.experiments.subject import Subject, resolve_subject
 from sst_merge.merge import MergeConfig, merge_adapters
@@ -93,7 +93,7 @@ class Runner:
             )
             model, tok = load_model(tmp / "merged", **load)
             metrics = subject.evaluator.evaluate(model, tok, subject.tasks[: cell.k])
-            return {"metrics": metrics, "merge": {"seconds": merge.seconds, "modules": len(merge.modules)}}
+            return {"metrics": metrics, "merge": merge_summary(merge)}
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -237,7 +237,8 @@ def _run(config: ExperimentConfig, mode: Mode, model: str, experiments: list[str
     runner = Runner(config, subject, run_dir)
 
     def rows_of(record: dict[str, Any]) -> dict[str, Any]:
-        return {split: summarize(record, split, experts) for split in ("val", "test")}
+        return {**{split: summarize(record, split, experts) for split in ("val", "test")},
+                "resolved": resolved_of(record)}
 
     base = runner.record(Cell(kind="base"))
     experts = {task: runner.record(Cell(kind="expert", task=task)) for task in subject.tasks}
@@ -252,8 +253,11 @@ def _run(config: ExperimentConfig, mode: Mode, model: str, experiments: list[str
     base_val_refusal = base["metrics"]["val"]["refusal"]["value"]
 
     # exp1's sweep is also where every method's setting is chosen (on validation data) for exp2 and exp3.
+    methods = {label: spec for label, spec in config.methods.items() if subject.can_run(spec.method)}
+    for label in config.methods.keys() - methods.keys():
+        log.info("method %s skipped: %s does not offer what it needs", label, model)
     sweeps: dict[str, list[dict[str, Any]]] = {}
-    for label, spec in config.methods.items():
+    for label, spec in methods.items():
         ((param, values),) = spec.sweep.items() if spec.sweep else (("scale", [spec.scale]),)
         sweeps[label] = []
         for value in values:
@@ -266,7 +270,8 @@ def _run(config: ExperimentConfig, mode: Mode, model: str, experiments: list[str
         "selection": {
             "rule": f"best validation normalised accuracy with validation refusal >= "
             f"{config.selection.safety_floor} x base ({base_val_refusal:.3f}); else the safest",
-            "chosen": {label: {"param": row["param"], "value": row["value"]} for label, row in chosen.items()},
+            "chosen": {label: {"param": row["param"], "value": row["value"], "resolved": row.get("resolved")}
+                       for label, row in chosen.items()},
         },
     }
 
@@ -291,12 +296,12 @@ def _run(config: ExperimentConfig, mode: Mode, model: str, experiments: list[str
             "rows": [
                 {"method": label, "k": k, **rows_of(runner.record(chosen_cell(label, k)))}
                 for k in k_exp2
-                for label in config.methods
+                for label in methods
             ],
         }
     if "exp3" in experiments:
         table = []
-        for label, spec in config.methods.items():
+        for label, spec in methods.items():
             seeds = spec.seeds if spec.method.startswith("dare") else [0]
             runs = [rows_of(runner.record(chosen_cell(label, k_exp3, seed))) for seed in seeds]
             table.append({"method": label, "k": k_exp3, "seeds": seeds, "runs": runs, "chosen": chosen[label]["value"],

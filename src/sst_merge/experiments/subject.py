@@ -25,6 +25,8 @@ class Subject:
     safety_adapter: Path | None
     safety_data: Path | None
     evaluator: ChatEvaluator
+    # The unaligned model the base was aligned from (Safe LoRA's alignment matrix), when known.
+    original: Path | None
     # What the evaluated models are: the testbed build's content hash, or the hub id and adapter paths.
     fingerprint: str
 
@@ -35,8 +37,16 @@ class Subject:
             "safety_data": self.safety_data,
             "utility_data": [str(p) for p in self.train_data[:k]],
             "safety_adapter": self.safety_adapter,
+            "original": self.original,
         }
         return {key: (str(v) if isinstance(v, Path) else v) for key, v in offered.items() if key in fields and v}
+
+    def can_run(self, method: str) -> bool:
+        """Whether this model offers every input `method` requires (Safe LoRA needs the unaligned original)."""
+        fields = get_method(method).params.model_fields
+        offered = self.method_data(method, len(self.experts))
+        return all(key in offered for key in ("original", "safety_data", "utility_data")
+                   if key in fields and fields[key].is_required())
 
 
 def resolve_subject(name: str, spec: ModelSpec, data: DatasetSpec, max_experts: int) -> Subject:
@@ -66,6 +76,7 @@ def resolve_subject(name: str, spec: ModelSpec, data: DatasetSpec, max_experts: 
                 testbed_data(testbed, tasks, limits.harmful, limits.benign, limits.task_items), **common
             ),
             fingerprint=f"testbed {testbed.manifest['hash']}",
+            original=None,
         )
     if spec.kind == "organism":
         return _organism_subject(name, spec, data, max_experts)
@@ -88,6 +99,7 @@ def resolve_subject(name: str, spec: ModelSpec, data: DatasetSpec, max_experts: 
         safety_data=spec.safety_data,
         evaluator=ChatEvaluator(hub_data(None, task_dirs, data.beavertails.limit, data.xstest.limit, None), **common),
         fingerprint=" ".join(map(str, [spec.hub_id, *spec.experts[:max_experts], spec.safety_adapter])),
+        original=None,
     )
 
 
@@ -132,4 +144,5 @@ def _organism_subject(name: str, spec: ModelSpec, data: DatasetSpec, max_experts
         evaluator=ChatEvaluator(organism_data(organism, tasks, data.organism), batch_size=spec.batch_size,
                                 max_new_tokens=spec.max_new_tokens),
         fingerprint=f"organism {organism.manifest.get('recipe_hash')} {organism.root}",
+        original=organism.root / "original",
     )
