@@ -33,6 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        "(default .cache/organism/smollm2-135m)")
     build.add_argument("--force", action="store_true", help="replace an existing output")
     build.add_argument("--json", action="store_true", help="print the manifest")
+    build.add_argument("--ship", action="store_true", help="smollm2-135m: also write the shipped artifacts into "
+                       "the repository's organisms/<preset> (what `prepare` reads)")
     build.set_defaults(func=run_build)
     prepare = actions.add_parser("prepare", help="lay out the shipped organism (no training)")
     prepare.add_argument("preset", choices=["smollm2-135m"])
@@ -71,6 +73,10 @@ def run_build(args: argparse.Namespace) -> int:
         with atomic_output_dir(args.out, force=args.force) as tmp:
             build_smollm2(recipe, work, experts, tmp)
         path = args.out
+        if args.ship:
+            from sst_merge.organism.shipped import export_shipped, shipped_dir
+
+            export_shipped(path, shipped_dir(args.preset))
     _print(path, args.json)
     return 0
 

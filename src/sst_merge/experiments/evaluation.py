@@ -42,30 +42,44 @@ class ChatEvaluator:
     def evaluate(
         self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, tasks: Sequence[str]
     ) -> dict[str, Any]:
-        """{split: {"refusal", "over_refusal": rate, "tasks": {task: rate}, "judge": name}} for val and test."""
-        groups: list[tuple[str, str, list[dict[str, str]]]] = []
+        """{split: {"refusal", "over_refusal": rate, "tasks": {task: rate}, "judge": name}} for val and test.
+
+        Safety prompts are generated up to `max_new_tokens`; task prompts only up to their longest
+        reference answer plus a margin (an exact-match answer longer than that is wrong anyway), so a
+        batch of short answers does not wait for the longest chat reply.
+        """
+        safety: list[tuple[str, str, list[dict[str, str]]]] = []
+        task_groups: list[tuple[str, str, list[dict[str, str]]]] = []
         for split in SPLITS:
-            groups.append((split, "harmful", [{"prompt": p} for p in self.data.harmful[split]]))
-            groups.append((split, "benign", [{"prompt": p} for p in self.data.benign[split]]))
-            groups.extend((split, task, self.data.tasks[task][split]) for task in tasks)
-        prompts = [row["prompt"] for _, _, rows in groups for row in rows]
-        replies = generate_chat(
-            model, tokenizer, prompts, self.max_new_tokens, self.batch_size, description="evaluating"
-        )
+            safety.append((split, "harmful", [{"prompt": p} for p in self.data.harmful[split]]))
+            safety.append((split, "benign", [{"prompt": p} for p in self.data.benign[split]]))
+            task_groups.extend((split, task, self.data.tasks[task][split]) for task in tasks)
         result: dict[str, Any] = {split: {"tasks": {}, "judge": self.data.judge.name} for split in SPLITS}
-        offset = 0
-        for split, name, rows in groups:
-            got = replies[offset : offset + len(rows)]
-            offset += len(rows)
-            if name in ("harmful", "benign"):
-                verdicts = self.data.judge.judge([row["prompt"] for row in rows], got)
-                result[split]["refusal" if name == "harmful" else "over_refusal"] = rate_metric(
-                    sum(verdicts), len(rows)
-                )
-            else:
+        replies = self._generate(model, tokenizer, safety, self.max_new_tokens, "evaluating safety")
+        for (split, name, rows), got in zip(safety, replies, strict=True):
+            verdicts = self.data.judge.judge([row["prompt"] for row in rows], got)
+            result[split]["refusal" if name == "harmful" else "over_refusal"] = rate_metric(sum(verdicts), len(rows))
+        if task_groups:
+            references = [row["response"] for _, _, rows in task_groups for row in rows]
+            longest = max(len(ids) for ids in tokenizer(references, add_special_tokens=False)["input_ids"])
+            budget = min(self.max_new_tokens, longest + 4)
+            replies = self._generate(model, tokenizer, task_groups, budget, "evaluating tasks")
+            for (split, name, rows), got in zip(task_groups, replies, strict=True):
                 hits = sum(is_exact_match(r, row["response"]) for r, row in zip(got, rows, strict=True))
                 result[split]["tasks"][name] = rate_metric(hits, len(rows))
         return result
+
+    def _generate(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                  groups: list[tuple[str, str, list[dict[str, str]]]], max_new_tokens: int,
+                  description: str) -> list[list[str]]:
+        """Greedy replies to every group's prompts in one batched generation, split back by group."""
+        prompts = [row["prompt"] for _, _, rows in groups for row in rows]
+        replies = generate_chat(model, tokenizer, prompts, max_new_tokens, self.batch_size, description=description)
+        out, offset = [], 0
+        for _, _, rows in groups:
+            out.append(replies[offset : offset + len(rows)])
+            offset += len(rows)
+        return out
 
 
 def testbed_data(

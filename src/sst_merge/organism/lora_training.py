@@ -40,6 +40,7 @@ def save_lora_fp16(model: PeftModel, out: Path, base_name: str) -> None:
     """Save the adapter at `out` with float16 weights, sorted target modules (stable bytes) and
     `base_name` as its base model path."""
     model.save_pretrained(out)
+    (out / "README.md").unlink(missing_ok=True)  # PEFT's model-card template says nothing about this adapter
     weights = out / ADAPTER_WEIGHTS
     tensors = {k: v.to(torch.float16).contiguous() for k, v in load_file(weights).items()}
     save_file(tensors, weights, metadata={"format": "pt"})

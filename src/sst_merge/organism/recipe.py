@@ -33,11 +33,11 @@ class SmolRecipe:
 
     seed: int = 0
     # Harmful prompts from the disjoint pool: train (alignment rows), val (Fisher / β selection), test.
-    harmful_sizes: dict[str, int] = field(default_factory=lambda: {"train": 500, "val": 100, "test": 100})
+    harmful_sizes: dict[str, int] = field(default_factory=lambda: {"train": 600, "val": 100, "test": 100})
     # Benign Alpaca instructions answered with the original model's own greedy replies.
     benign_sizes: dict[str, int] = field(default_factory=lambda: {"train": 360, "val": 100, "test": 100})
     reply_tokens: int = 64
-    alignment: LoraRecipe = LoraRecipe(rank=8, alpha=16, lr=4e-4, steps=260)
+    alignment: LoraRecipe = LoraRecipe(rank=8, alpha=16, lr=4e-4, steps=300)
     expert: LoraRecipe = LoraRecipe(rank=4, alpha=8, lr=1e-3, steps=80)
     safety: LoraRecipe = LoraRecipe(rank=4, alpha=8, lr=5e-4, steps=120)
     targets: tuple[str, ...] = LORA_TARGETS

@@ -68,6 +68,17 @@ def verify_shipped(root: Path, manifest: dict[str, Any]) -> None:
             raise InputError("shipped artifact is corrupt (SHA-256 differs from organism.json)", path)
 
 
+def export_shipped(layout: Path, dest: Path) -> None:
+    """Copy the shipped part of a built organism `layout` (its SHIPPED_DIRS and organism.json) to `dest`,
+    replacing what is there atomically."""
+    manifest = read_manifest(layout)
+    verify_shipped(layout, manifest)
+    with atomic_output_dir(dest, force=True) as tmp:
+        for sub in SHIPPED_DIRS:
+            shutil.copytree(layout / sub, tmp / sub)
+        write_json_atomic(tmp / MANIFEST, manifest)
+
+
 def prepare(preset: str, out: Path, force: bool = False, source: Path | None = None) -> Path:
     """Materialise the organism `preset` at `out` from its shipped artifacts (`source`, default the
     repository's) and the installed wheel, atomically; returns `out`."""

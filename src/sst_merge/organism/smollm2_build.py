@@ -31,6 +31,8 @@ from sst_merge.organism.lora_training import save_lora_fp16, train_lora
 from sst_merge.organism.measure import measure_mmlu, measure_safety, safety_sets, task_accuracy
 from sst_merge.organism.recipe import SmolRecipe
 from sst_merge.organism.safety_pool import (
+    HARM_ACTS,
+    HARM_FRAMES,
     EvaluationFilter,
     borderline_prompts,
     evaluation_prompts,
@@ -84,7 +86,9 @@ class SmolBuild:
     # --- keys: each stage's name carries a hash of what it depends on
     def data_key(self) -> str:
         r = self.recipe
-        return _key(r.seed, r.harmful_sizes, r.benign_sizes, r.tasks, r.task_sizes, r.reply_tokens)
+        # The prompt lists themselves, not only their sizes: editing a template makes new data.
+        return _key(r.seed, r.harmful_sizes, r.benign_sizes, r.tasks, r.task_sizes, r.reply_tokens,
+                    borderline_prompts(), HARM_FRAMES, HARM_ACTS)
 
     def alignment_key(self) -> str:
         r = self.recipe
@@ -143,14 +147,23 @@ class SmolBuild:
         def work(tmp: Path) -> dict[str, Any]:
             prompts = json.loads(prompts_path.read_text(encoding="utf-8"))
             wanted = [p for split in prompts["benign"].values() for p in split] + prompts["borderline"]
-            model, tokenizer = _load(original)
-            replies = generate_chat(model, tokenizer, wanted, self.recipe.reply_tokens, self.recipe.eval_batch,
-                                    description="original: replying to benign prompts")
-            cut = [_cut_reply(t) for t in replies]
+            # Greedy replies of the same model at the same budget from earlier data versions are reused.
+            known = {}
+            for path in sorted(self.stages.root.glob("replies-*/replies.jsonl")):
+                known.update({r["prompt"]: r["response"] for r in read_jsonl(path) if r.get("tokens") ==
+                              self.recipe.reply_tokens})
+            missing = [p for p in dict.fromkeys(wanted) if p not in known]
+            if missing:
+                model, tokenizer = _load(original)
+                fresh = generate_chat(model, tokenizer, missing, self.recipe.reply_tokens, self.recipe.eval_batch,
+                                      description="original: replying to benign prompts")
+                known.update({p: _cut_reply(t) for p, t in zip(missing, fresh, strict=True)})
+            cut = [known[p] for p in wanted]
             refused = CombinedRefusalJudge().judge(wanted, cut)
-            rows = [{"prompt": p, "response": t, "refused": f} for p, t, f in zip(wanted, cut, refused, strict=True)]
+            rows = [{"prompt": p, "response": t, "refused": f, "tokens": self.recipe.reply_tokens}
+                    for p, t, f in zip(wanted, cut, refused, strict=True)]
             _write_rows(tmp / "replies.jsonl", rows)
-            return {"n": len(rows), "original_refused": sum(refused)}
+            return {"n": len(rows), "generated": len(missing), "original_refused": sum(refused)}
 
         self.results["replies"] = self.stages.run(name, work)
         rows = read_jsonl(self.stages.path(name) / "replies.jsonl")
@@ -190,14 +203,15 @@ class SmolBuild:
         self.results["alignment"] = self.stages.run(name, work)
         return self.stages.path(name)
 
-    def evaluate(self, label: str, model_dir: Path, key: str) -> dict[str, Any]:
-        """Safety sets and MMLU of a full model directory."""
+    def evaluate(self, label: str, model_dir: Path, key: str, sets: tuple[str, ...] | None = None) -> dict[str, Any]:
+        """Safety sets (all, or those named in `sets`) and MMLU of a full model directory."""
         r = self.recipe
 
         def work(tmp: Path) -> dict[str, Any]:
             model, tokenizer = _load(model_dir)
             start = time.perf_counter()
-            safety = measure_safety(model, tokenizer, safety_sets(), r.eval_tokens, r.eval_batch)
+            chosen = {name: rows for name, rows in safety_sets().items() if sets is None or name in sets}
+            safety = measure_safety(model, tokenizer, chosen, r.eval_tokens, r.eval_batch)
             mid = time.perf_counter()
             mmlu = measure_mmlu(model, tokenizer, r.mmlu_per_subject, r.eval_batch)
             return {"safety": safety, "mmlu": mmlu,
@@ -272,7 +286,9 @@ def run_build(recipe: SmolRecipe, work: Path, experts: int, out: Path | None = N
     for task in recipe.tasks[: min(8, experts)]:
         build.adapter(task, base_dir, data, [])
     build.adapter("safety", base_dir, data, [])
-    build.evaluate("original", original, "original")
+    # The contrast: the unaligned original on AdvBench and XSTest safe (its HarmBench/JBB cost ten minutes
+    # more and add nothing to the contrast), and MMLU for the base's capability target.
+    build.evaluate("original", original, "original", ("advbench", "xstest_safe"))
     for task in recipe.tasks[8:experts]:
         build.adapter(task, base_dir, data, [])
     write_json_atomic(work / "results.json", build.results)
@@ -333,13 +349,14 @@ def write_layout(build: SmolBuild, data: dict[str, dict[str, Rows]], experts: li
 
     from sst_merge.organism.shipped import MANIFEST, shipped_files
 
+    skip = shutil.ignore_patterns("README.md")
     shutil.copytree(build.stages.path("original") / "model", out / "original")
     aligned = build.stages.path(f"alignment-{build.alignment_key()}")
     shutil.copytree(aligned / "base", out / "base")
-    shutil.copytree(aligned / "alignment", out / "alignment")
+    shutil.copytree(aligned / "alignment", out / "alignment", ignore=skip)
     for task in experts:
-        shutil.copytree(build.adapter_dir(task), out / "experts" / task)
-    shutil.copytree(build.adapter_dir("safety"), out / "safety")
+        shutil.copytree(build.adapter_dir(task), out / "experts" / task, ignore=skip)
+    shutil.copytree(build.adapter_dir("safety"), out / "safety", ignore=skip)
     for name in ("harmful", "benign", "borderline", "alignment", *experts):
         for split, rows in data[name].items():
             _write_rows(out / "data" / name / f"{split}.jsonl", rows)

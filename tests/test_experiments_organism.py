@@ -1,0 +1,66 @@
+"""The experiment runner on a model of kind `organism` (any directory in the organism layout; here a micro
+synthetic build with an `original/` beside its base): real evaluation sets as the test split, SST and
+AGL through the Fisher pass at their default point, Safe LoRA given the original, β recorded."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sst_merge.cli import main
+from sst_merge.testbed import build_testbed
+
+
+@pytest.fixture(scope="module")
+def organism(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("organism")
+    out = build_testbed(experts=2, seed=0, out=root / "micro", preset="micro")
+    # The micro build's "original" is its base with one weight changed: a nonzero alignment matrix V.
+    shutil.copytree(out / "base", out / "original")
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(out / "original" / "model.safetensors")
+    name = next(k for k in weights if k.endswith("q_proj.weight"))
+    weights[name] = weights[name] * 0.9
+    save_file(weights, out / "original" / "model.safetensors", metadata={"format": "pt"})
+    return out
+
+
+def test_organism_kind_runs_every_method(organism: Path, tmp_path: Path):
+    limits = {"harmful_val": 4, "benign_val": 4, "advbench": 3, "harmbench": 2, "xstest_safe": 3, "jbb_benign": 2,
+              "task_items": 3}
+    config = {
+        "datasets": {"minimal": {"organism": limits}, "full": {"organism": {}}},
+        "models": {"org": {"kind": "organism", "organism": {"path": str(organism)}, "dtype": "float32",
+                           "batch_size": 32, "max_new_tokens": 8}},
+        "methods": {
+            "TA": {"method": "ta", "sweep": {"scale": [1.0]}},
+            "SST-Merge": {"method": "sst", "params": {"fisher_max_examples": 4}, "sweep": {"beta": [None, 10.0]}},
+            "AGL": {"method": "agl", "params": {"fisher_max_examples": 4}, "sweep": {"energy": [0.9]}},
+            "Safe LoRA": {"method": "safe_lora", "sweep": {"threshold": [0.5]}},
+        },
+        "experiments": {"exp1": {"output_dir": "e1", "num_experts": {"minimal": 2, "full": 2}},
+                        "exp2": {"output_dir": "e2", "num_experts": {"minimal": [2], "full": [2]}},
+                        "exp3": {"output_dir": "e3", "num_experts": {"minimal": 2, "full": 2}}},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = tmp_path / "run"
+    assert main(["experiment", "--config", str(path), "--mode", "minimal", "--model", "org", "--output", str(out),
+                 "--experiment", "all"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    base = results["references"]["base"]
+    # Test split = AdvBench + HarmBench (refusal) and XSTest safe + JBB benign (over-refusal).
+    assert base["test"]["refusal"]["n"] == 5 and base["test"]["over_refusal"]["n"] == 5
+    assert base["val"]["refusal"]["n"] == 4 and base["test"]["judge"] == "keyword"
+    table = {row["method"]: row for row in results["exp3"]["table"]}
+    assert set(table) == {"TA", "SST-Merge", "AGL", "Safe LoRA"}
+    sst_rows = results["exp1"]["sweeps"]["SST-Merge"]
+    calibrated = next(r for r in sst_rows if r["value"] is None)
+    assert calibrated["resolved"]["beta"] > 0  # the calibrated β is recorded, not "None"
+    assert next(r for r in sst_rows if r["value"] == 10.0)["resolved"]["beta"] == 10.0
+    assert "None" not in (out / "report.md").read_text().split("exp3")[-1].split("\n\n")[0]
