@@ -26,10 +26,11 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: system-deps $(STAMP)
 
-# The testbed experiments (minimal): builds the testbed first if it is not cached; resumable.
+# The experiments on the real organism (minimal): prepares it from the shipped artifacts first if it
+# is not cached; resumable. exp2 needs 16 experts and runs once the organism ships them.
 run: install
 	$(VENV)/bin/sst-merge experiment --config configs/experiment_config_real.yaml --mode minimal \
-	  --model testbed --experiment all
+	  --model smollm2-135m --experiment exp1,exp3
 
 test: install
 	$(VENV)/bin/ruff check src tests experiments scripts

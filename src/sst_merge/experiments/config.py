@@ -82,6 +82,8 @@ class ModelSpec(Strict):
     attn_implementation: str | None = None
     batch_size: int = Field(16, ge=1)
     max_new_tokens: int = Field(256, ge=1)
+    expert_safety: bool = Field(True, description="measure each expert's refusal too (False: its task only; "
+                                "the real organism's manifest has every expert's refusal already)")
     experts: list[Path] = []
     expert_data: list[Path] = []
     safety_adapter: Path | None = None
@@ -106,14 +108,28 @@ class MethodSpec(Strict):
     params: dict[str, Any] = {}
     sweep: dict[str, list[Any]] = {}
     seeds: list[int] = [0]
+    # Minimal mode's shorter sweep and seeds (default: the full ones), so a quick run stays quick.
+    minimal_sweep: dict[str, list[Any]] | None = None
+    minimal_seeds: list[int] | None = None
 
     @model_validator(mode="after")
     def _one_sweep(self) -> MethodSpec:
-        if len(self.sweep) > 1:
-            raise ValueError("sweep one parameter per method")
-        if any(not values for values in self.sweep.values()):
-            raise ValueError("a sweep needs at least one value")
+        for sweep in (self.sweep, self.minimal_sweep or {}):
+            if len(sweep) > 1:
+                raise ValueError("sweep one parameter per method")
+            if any(not values for values in sweep.values()):
+                raise ValueError("a sweep needs at least one value")
         return self
+
+    def sweep_for(self, mode: str) -> tuple[str, list[Any]]:
+        """(parameter, values) swept in `mode`; no sweep is the scale alone."""
+        sweep = self.minimal_sweep if mode == "minimal" and self.minimal_sweep else self.sweep
+        ((param, values),) = sweep.items() if sweep else (("scale", [self.scale]),)
+        return param, values
+
+    def seeds_for(self, mode: str) -> list[int]:
+        """The seeds a seeded method runs with in `mode`."""
+        return self.minimal_seeds if mode == "minimal" and self.minimal_seeds else self.seeds
 
 
 class PerMode(Strict):

@@ -40,23 +40,25 @@ class ChatEvaluator:
     max_new_tokens: int = 256
 
     def evaluate(
-        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, tasks: Sequence[str]
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, tasks: Sequence[str], safety: bool = True
     ) -> dict[str, Any]:
         """{split: {"refusal", "over_refusal": rate, "tasks": {task: rate}, "judge": name}} for val and test.
 
         Safety prompts are generated up to `max_new_tokens`; task prompts only up to their longest
         reference answer plus a margin (an exact-match answer longer than that is wrong anyway), so a
-        batch of short answers does not wait for the longest chat reply.
+        batch of short answers does not wait for the longest chat reply. Without `safety` only the tasks
+        are scored (no refusal keys).
         """
-        safety: list[tuple[str, str, list[dict[str, str]]]] = []
+        safety_groups: list[tuple[str, str, list[dict[str, str]]]] = []
         task_groups: list[tuple[str, str, list[dict[str, str]]]] = []
         for split in SPLITS:
-            safety.append((split, "harmful", [{"prompt": p} for p in self.data.harmful[split]]))
-            safety.append((split, "benign", [{"prompt": p} for p in self.data.benign[split]]))
+            if safety:
+                safety_groups.append((split, "harmful", [{"prompt": p} for p in self.data.harmful[split]]))
+                safety_groups.append((split, "benign", [{"prompt": p} for p in self.data.benign[split]]))
             task_groups.extend((split, task, self.data.tasks[task][split]) for task in tasks)
         result: dict[str, Any] = {split: {"tasks": {}, "judge": self.data.judge.name} for split in SPLITS}
-        replies = self._generate(model, tokenizer, safety, self.max_new_tokens, "evaluating safety")
-        for (split, name, rows), got in zip(safety, replies, strict=True):
+        replies = self._generate(model, tokenizer, safety_groups, self.max_new_tokens, "evaluating safety")
+        for (split, name, rows), got in zip(safety_groups, replies, strict=True):
             verdicts = self.data.judge.judge([row["prompt"] for row in rows], got)
             result[split]["refusal" if name == "harmful" else "over_refusal"] = rate_metric(sum(verdicts), len(rows))
         if task_groups:

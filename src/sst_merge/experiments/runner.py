@@ -68,7 +68,7 @@ class Runner:
             return {"metrics": subject.evaluator.evaluate(model, tok, subject.tasks)}
         if cell.kind == "expert":
             model, tok = load_model(subject.base, subject.experts[subject.tasks.index(cell.task)], **load)
-            return {"metrics": subject.evaluator.evaluate(model, tok, [cell.task])}
+            return {"metrics": subject.evaluator.evaluate(model, tok, [cell.task], safety=spec.expert_safety)}
         if cell.kind == "safety":
             model, tok = load_model(subject.base, subject.safety_adapter, **load)
             return {"metrics": subject.evaluator.evaluate(model, tok, [])}
@@ -245,7 +245,8 @@ def _run(config: ExperimentConfig, mode: Mode, model: str, experiments: list[str
     references: dict[str, Any] = {"base": rows_of_reference(base), "experts": {}}
     for task, record in experts.items():
         references["experts"][task] = {
-            split: {"accuracy": record["metrics"][split]["tasks"][task], "refusal": record["metrics"][split]["refusal"]}
+            split: {"accuracy": record["metrics"][split]["tasks"][task],
+                    "refusal": record["metrics"][split].get("refusal")}
             for split in ("val", "test")
         }
     if subject.safety_adapter is not None:
@@ -258,7 +259,7 @@ def _run(config: ExperimentConfig, mode: Mode, model: str, experiments: list[str
         log.info("method %s skipped: %s does not offer what it needs", label, model)
     sweeps: dict[str, list[dict[str, Any]]] = {}
     for label, spec in methods.items():
-        ((param, values),) = spec.sweep.items() if spec.sweep else (("scale", [spec.scale]),)
+        param, values = spec.sweep_for(mode)
         sweeps[label] = []
         for value in values:
             cell = merge_cell(label, spec, k_sweep, {param: value})
@@ -302,7 +303,7 @@ def _run(config: ExperimentConfig, mode: Mode, model: str, experiments: list[str
     if "exp3" in experiments:
         table = []
         for label, spec in methods.items():
-            seeds = spec.seeds if spec.method.startswith("dare") else [0]
+            seeds = spec.seeds_for(mode) if spec.method.startswith("dare") else [0]
             runs = [rows_of(runner.record(chosen_cell(label, k_exp3, seed))) for seed in seeds]
             table.append({"method": label, "k": k_exp3, "seeds": seeds, "runs": runs, "chosen": chosen[label]["value"],
                           "param": chosen[label]["param"]})
