@@ -10,6 +10,18 @@ from typing import Any
 from sst_merge.errors import InputError
 
 
+def read_json_object(path: Path, what: str) -> dict[str, Any]:
+    """The JSON object in file `path` (`what` it is, for the message); unreadable, not JSON or not an
+    object is an InputError naming the file."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"corrupt {what} ({exc})", path) from exc
+    if not isinstance(value, dict):
+        raise InputError(f"corrupt {what} (expected a JSON object)", path)
+    return value
+
+
 def read_jsonl(path: str | Path, required: Sequence[str] = ()) -> list[dict[str, Any]]:
     """The JSON objects of the JSON-lines file `path`; each must have a string value for every key in
     `required`. A missing or unreadable file, a line that is not a JSON object, or a missing key is an

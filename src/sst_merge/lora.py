@@ -6,7 +6,6 @@ An adapter is a mapping from base-model module names (``model.layers.0.self_attn
 
 from __future__ import annotations
 
-import json
 import math
 import pickle
 import re
@@ -20,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from sst_merge.errors import InputError, require_finite
+from sst_merge.jsonl import read_json_object
 
 CONFIG_NAME = "adapter_config.json"
 SAFETENSORS_NAME = "adapter_model.safetensors"
@@ -112,12 +112,7 @@ def read_adapter_config(path: str | Path) -> dict[str, Any]:
     cfg_path = path / CONFIG_NAME
     if not cfg_path.is_file():
         raise InputError(f"missing {CONFIG_NAME}: not a PEFT adapter directory", path)
-    try:
-        config = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"corrupt JSON ({exc})", cfg_path) from exc
-    if not isinstance(config, dict):
-        raise InputError("expected a JSON object", cfg_path)
+    config = read_json_object(cfg_path, "JSON")
     peft_type = str(config.get("peft_type", "LORA")).upper()
     if peft_type != "LORA":
         raise InputError(f"peft_type is {peft_type}; only LORA adapters can be merged", cfg_path)

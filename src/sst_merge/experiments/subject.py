@@ -63,21 +63,10 @@ def resolve_subject(name: str, spec: ModelSpec, data: DatasetSpec, max_experts: 
         testbed = load_testbed(build_testbed(experts=max_experts, seed=build.seed, preset=build.preset))
         tasks = testbed.tasks[:max_experts]
         limits = data.testbed
-        return Subject(
-            name=name,
-            spec=spec,
-            base=str(testbed.base_dir),
-            experts=[testbed.expert_dirs[t] for t in tasks],
-            tasks=tasks,
-            train_data=[testbed.root / "data" / t / "train.jsonl" for t in tasks],
-            safety_adapter=testbed.safety_dir,
-            safety_data=testbed.root / "data" / "harmful" / "train.jsonl",
-            evaluator=ChatEvaluator(
-                testbed_data(testbed, tasks, limits.harmful, limits.benign, limits.task_items), **common
-            ),
-            fingerprint=f"testbed {testbed.manifest['hash']}",
-            original=None,
-        )
+        evaluator = ChatEvaluator(testbed_data(testbed, tasks, limits.harmful, limits.benign, limits.task_items),
+                                  **common)
+        return layout_subject(name, spec, testbed, tasks, "train", evaluator, f"testbed {testbed.manifest['hash']}",
+                              None)
     if spec.kind == "organism":
         return _organism_subject(name, spec, data, max_experts)
     if len(spec.experts) < max_experts or len(spec.expert_data) < max_experts:
@@ -130,6 +119,18 @@ def _organism_subject(name: str, spec: ModelSpec, data: DatasetSpec, max_experts
         raise InputError(f"the organism has {len(organism.tasks)} experts, the experiments need {max_experts}",
                          organism.root)
     tasks = organism.tasks[:max_experts]
+    evaluator = ChatEvaluator(organism_data(organism, tasks, data.organism), batch_size=spec.batch_size,
+                              max_new_tokens=spec.max_new_tokens)
+    # The safety Fisher on held-out harmful prompts with refusals: the base never trained on them (its
+    # alignment rows are data/harmful/train), so the refusal loss there is alive.
+    fingerprint = f"organism {organism.manifest.get('recipe_hash')} {organism.root}"
+    return layout_subject(name, spec, organism, tasks, "val", evaluator, fingerprint, organism.root / "original")
+
+
+def layout_subject(name: str, spec: ModelSpec, organism: Any, tasks: list[str], safety_split: str,
+                   evaluator: ChatEvaluator, fingerprint: str, original: Path | None) -> Subject:
+    """The Subject of a directory in the organism layout: its base, the first experts, their train data,
+    the safety adapter and the harmful split `safety_split` as the safety data."""
     return Subject(
         name=name,
         spec=spec,
@@ -138,11 +139,8 @@ def _organism_subject(name: str, spec: ModelSpec, data: DatasetSpec, max_experts
         tasks=tasks,
         train_data=[organism.root / "data" / t / "train.jsonl" for t in tasks],
         safety_adapter=organism.safety_dir,
-        # Held-out harmful prompts with refusals: the base was never trained on them (its alignment
-        # rows are data/harmful/train), so the refusal loss there is alive.
-        safety_data=organism.root / "data" / "harmful" / "val.jsonl",
-        evaluator=ChatEvaluator(organism_data(organism, tasks, data.organism), batch_size=spec.batch_size,
-                                max_new_tokens=spec.max_new_tokens),
-        fingerprint=f"organism {organism.manifest.get('recipe_hash')} {organism.root}",
-        original=organism.root / "original",
+        safety_data=organism.root / "data" / "harmful" / f"{safety_split}.jsonl",
+        evaluator=evaluator,
+        fingerprint=fingerprint,
+        original=original,
     )

@@ -10,7 +10,6 @@ alignment LoRA merged in), which are large and deterministic, so they are rebuil
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 from sst_merge.atomic import atomic_output_dir, write_json_atomic
 from sst_merge.errors import InputError
+from sst_merge.jsonl import read_json_object
 from sst_merge.progress import console
 from sst_merge.provenance import file_sha256
 
@@ -46,11 +46,8 @@ def read_manifest(root: Path) -> dict[str, Any]:
     path = root / MANIFEST
     if not path.is_file():
         raise InputError(f"no {MANIFEST}: not an organism directory", root)
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"corrupt manifest ({exc})", path) from exc
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+    manifest = read_json_object(path, "manifest")
+    if not isinstance(manifest.get("files"), dict):
         raise InputError("corrupt manifest (no 'files' table)", path)
     return manifest
 
