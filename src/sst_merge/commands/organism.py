@@ -33,6 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        "(default .cache/organism/smollm2-135m)")
     build.add_argument("--force", action="store_true", help="replace an existing output")
     build.add_argument("--json", action="store_true", help="print the manifest")
+    build.add_argument("--skip-original-eval", action="store_true",
+                       help="smollm2-135m: leave out the unaligned original's evaluation (the contrast, ~12 min)")
     build.add_argument("--ship", action="store_true", help="smollm2-135m: also write the shipped artifacts into "
                        "the repository's organisms/<preset> (what `prepare` reads)")
     build.set_defaults(func=run_build)
@@ -71,7 +73,7 @@ def run_build(args: argparse.Namespace) -> int:
             raise InputError(f"--experts {experts}: the smollm2-135m recipe has {len(recipe.tasks)} tasks")
         work = args.work or Path(".cache/organism/smollm2-135m")
         with atomic_output_dir(args.out, force=args.force) as tmp:
-            build_smollm2(recipe, work, experts, tmp)
+            build_smollm2(recipe, work, experts, tmp, evaluate_original=not args.skip_original_eval)
         path = args.out
         if args.ship:
             from sst_merge.organism.shipped import export_shipped, shipped_dir

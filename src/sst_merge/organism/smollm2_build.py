@@ -258,7 +258,10 @@ class SmolBuild:
 
         result = self.stages.run(stage, work)
         self.results.setdefault("adapters", {})[name] = result
-        console.log(f"organism: {name}: {result['metrics']}")
+        metrics = result["metrics"]
+        shown = {k: v for k, v in metrics.items() if k != "safety"}
+        shown.update({f"refusal {k}": v["value"] for k, v in metrics["safety"].items()})
+        console.log(f"organism: {name}: {shown}")
         return result
 
     def adapter_dir(self, name: str) -> Path:
@@ -271,9 +274,11 @@ def _data_file(relative: str) -> Path:
     return data_file(relative)
 
 
-def run_build(recipe: SmolRecipe, work: Path, experts: int, out: Path | None = None) -> SmolBuild:
+def run_build(recipe: SmolRecipe, work: Path, experts: int, out: Path | None = None,
+              evaluate_original: bool = True) -> SmolBuild:
     """Run (or resume) every stage for the first `experts` tasks and, with `out` (an empty directory),
-    lay the organism out there; returns the build with its results."""
+    lay the organism out there; returns the build with its results. Without `evaluate_original` the
+    original model's evaluation (the unaligned contrast, ~12 min) is left out."""
     build = SmolBuild(recipe, work)
     original = build.original()
     prompts = build.data()
@@ -288,7 +293,8 @@ def run_build(recipe: SmolRecipe, work: Path, experts: int, out: Path | None = N
     build.adapter("safety", base_dir, data, [])
     # The contrast: the unaligned original on AdvBench and XSTest safe (its HarmBench/JBB cost ten minutes
     # more and add nothing to the contrast), and MMLU for the base's capability target.
-    build.evaluate("original", original, "original", ("advbench", "xstest_safe"))
+    if evaluate_original:
+        build.evaluate("original", original, "original", ("advbench", "xstest_safe"))
     for task in recipe.tasks[8:experts]:
         build.adapter(task, base_dir, data, [])
     write_json_atomic(work / "results.json", build.results)
@@ -324,7 +330,7 @@ def organism_manifest(build: SmolBuild, experts: list[str]) -> dict[str, Any]:
         "refusal": None,
         "judge": "keyword",
         "metrics": {
-            "original": res["eval_original"],
+            "original": res.get("eval_original"),
             "base": res["eval_base"],
             "experts": expert_metrics,
             "erosion": {"base_refusal": base_refusal, "mean_expert_refusal": round(mean_refusal, 4),
@@ -336,7 +342,7 @@ def organism_manifest(build: SmolBuild, experts: list[str]) -> dict[str, Any]:
         "train_loss": {"alignment": res["alignment"]["loss"], **{n: a["loss"] for n, a in adapters.items()}},
         "times_s": {"original": res["original"]["seconds"], "replies": res["replies"]["seconds"],
                     "alignment": res["alignment"]["seconds"], "eval_base": res["eval_base"]["seconds"],
-                    "eval_original": res["eval_original"]["seconds"],
+                    "eval_original": (res.get("eval_original") or {}).get("seconds"),
                     "adapters": {n: a["times"] for n, a in adapters.items()}},
         "versions": versions(),
     }
