@@ -14,7 +14,7 @@ from eval_fixtures import BENIGN, HARMFUL, REFUSAL, cached_trained_chat_model, m
 from sst_merge.cli import main
 from sst_merge.eval.judges import ModelJudge
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[1] / "data"  # the repository's own copy
 
 
 @pytest.fixture(scope="module")

@@ -176,7 +176,7 @@ def test_shipped_config_validates():
     assert config.num_experts("exp2", "minimal") == [8, 12, 16]
     assert config.num_experts("exp2", "full") == [8, 12, 16, 20, 24]
     assert set(config.models) == {"smollm2-135m", "testbed", "mistral-7b", "llama-3.1-8b", "qwen-2.5-14b"}
-    assert set(config.methods) == {"TA", "TIES", "DARE", "AGL", "SST-Merge"}
+    assert set(config.methods) == {"TA", "TIES", "DARE", "AGL", "SST-Merge", "Safe LoRA"}
 
 
 def test_hub_model_path_on_a_local_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
