@@ -22,6 +22,17 @@ def read_json_object(path: Path, what: str) -> dict[str, Any]:
     return value
 
 
+def read_record(path: Path) -> dict[str, Any] | None:
+    """A finished step's saved JSON record, or None when there is none yet: a missing or corrupt file
+    (a write cut short) counts as unfinished."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return None
+
+
 def read_jsonl(path: str | Path, required: Sequence[str] = ()) -> list[dict[str, Any]]:
     """The JSON objects of the JSON-lines file `path`; each must have a string value for every key in
     `required`. A missing or unreadable file, a line that is not a JSON object, or a missing key is an

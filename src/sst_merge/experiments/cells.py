@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sst_merge.atomic import write_json_atomic
+from sst_merge.jsonl import read_record
 from sst_merge.merge import MergeReport
 
 
@@ -45,13 +46,7 @@ class CellStore:
 
     def get(self, cell: Cell) -> dict[str, Any] | None:
         """The saved record of `cell`, or None if it has not finished (a corrupt file counts as unfinished)."""
-        path = self.path(cell)
-        if not path.is_file():
-            return None
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            return None
+        return read_record(self.path(cell))
 
     def put(self, cell: Cell, record: dict[str, Any]) -> None:
         """Save the finished `cell` with its `record` (the cell itself is stored in it too)."""

@@ -3,7 +3,6 @@ leaves nothing behind (it is written into a temporary directory and renamed when
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections.abc import Callable
@@ -11,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from sst_merge.atomic import atomic_output_dir, write_json_atomic
+from sst_merge.jsonl import read_record
 from sst_merge.progress import console
 
 RESULT = "stage.json"
@@ -29,13 +29,7 @@ class StageCache:
 
     def result(self, name: str) -> dict[str, Any] | None:
         """The recorded result of a finished stage, else None."""
-        record = self.path(name) / RESULT
-        if not record.is_file():
-            return None
-        try:
-            return json.loads(record.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            return None
+        return read_record(self.path(name) / RESULT)
 
     def run(self, name: str, work: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
         """The result of stage `name`: cached, or `work(tmp_dir)` run now (it writes its files into
@@ -46,9 +40,7 @@ class StageCache:
         stale = self.path(name)
         if stale.exists():
             shutil.rmtree(stale)
-        # Stale temporaries of the same stage (a killed run) are removed before a new one starts.
-        for leftover in self.root.glob(f".{name}.*.partial"):
-            shutil.rmtree(leftover, ignore_errors=True)
+        # atomic_output_dir removes the temporaries a killed run of this stage left behind.
         console.log(f"organism: stage {name}")
         start = time.perf_counter()
         with atomic_output_dir(stale) as tmp:
