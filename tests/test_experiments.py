@@ -169,6 +169,19 @@ def test_bad_experiment_config(tmp_path: Path, capsys: pytest.CaptureFixture[str
     bad["experiments"]["exp2"]["num_experts"] = "many"
     path.write_text(yaml.safe_dump(bad))
     assert _run(path, tmp_path / "out") == 2
+    # scale_from must name a method that chooses its own scale, and the scale is then not swept.
+    for change, message in ((lambda m: m["TIES"].update(scale_from="SST"), "no method 'SST'"),
+                            (lambda m: (m["TIES"].update(scale_from="TA"), m["DARE"].update(scale_from="TIES")),
+                             "takes its own scale from another method"),
+                            (lambda m: m["TA"].update(scale_from="TIES"), "do not sweep it")):
+        bad = json.loads(json.dumps(MICRO))
+        for label in ("TIES", "DARE"):
+            bad["methods"][label]["sweep"] = {"density": [0.5]}
+        change(bad["methods"])
+        path.write_text(yaml.safe_dump(bad))
+        assert _run(path, tmp_path / "out") == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_shipped_config_validates():

@@ -38,10 +38,12 @@ def test_organism_kind_runs_every_method(organism: Path, tmp_path: Path):
         "models": {"org": {"kind": "organism", "organism": {"path": str(organism)}, "dtype": "float32",
                            "batch_size": 32, "max_new_tokens": 8}},
         "methods": {
-            "TA": {"method": "ta", "sweep": {"scale": [1.0]}},
-            "SST-Merge": {"method": "sst", "params": {"fisher_max_examples": 4}, "sweep": {"beta": [None, 10.0]}},
-            "AGL": {"method": "agl", "params": {"fisher_max_examples": 4}, "sweep": {"energy": [0.9]}},
-            "Safe LoRA": {"method": "safe_lora", "sweep": {"threshold": [0.5]}},
+            "TA": {"method": "ta", "sweep": {"scale": [0.5, 1.0]}},
+            "SST-Merge": {"method": "sst", "params": {"fisher_max_examples": 4}, "sweep": {"beta": [None, 10.0]},
+                          "scale_from": "TA"},
+            "AGL": {"method": "agl", "params": {"fisher_max_examples": 4}, "sweep": {"energy": [0.9]},
+                    "scale_from": "TA"},
+            "Safe LoRA": {"method": "safe_lora", "sweep": {"threshold": [0.5]}, "scale_from": "TA"},
         },
         "experiments": {"exp1": {"output_dir": "e1", "num_experts": {"minimal": 2, "full": 2}},
                         "exp2": {"output_dir": "e2", "num_experts": {"minimal": [2], "full": [2]}},
@@ -59,6 +61,11 @@ def test_organism_kind_runs_every_method(organism: Path, tmp_path: Path):
     assert base["val"]["refusal"]["n"] == 4 and base["test"]["judge"] == "keyword"
     table = {row["method"]: row for row in results["exp3"]["table"]}
     assert set(table) == {"TA", "SST-Merge", "AGL", "Safe LoRA"}
+    # The filters of TA run at the scale the validation chose for TA, in exp1, exp2 and exp3 alike.
+    ta_scale = results["selection"]["chosen"]["TA"]["value"]
+    for label in ("SST-Merge", "AGL", "Safe LoRA"):
+        assert {r["scale"] for r in results["exp1"]["sweeps"][label]} == {ta_scale}
+        assert table[label]["scale"] == ta_scale and results["selection"]["chosen"][label]["scale"] == ta_scale
     sst_rows = results["exp1"]["sweeps"]["SST-Merge"]
     calibrated = next(r for r in sst_rows if r["value"] is None)
     assert calibrated["resolved"]["beta"] > 0  # the calibrated β is recorded, not "None"

@@ -105,6 +105,9 @@ class MethodSpec(Strict):
 
     method: str
     scale: float = Field(1.0, description="uniform weight of every expert")
+    scale_from: str | None = Field(
+        None, description="take the uniform weight the validation chose for this other method (a filter of "
+        "that merge, e.g. SST-Merge of TA); `scale` is then unused")
     params: dict[str, Any] = {}
     sweep: dict[str, list[Any]] = {}
     seeds: list[int] = [0]
@@ -119,6 +122,8 @@ class MethodSpec(Strict):
                 raise ValueError("sweep one parameter per method")
             if any(not values for values in sweep.values()):
                 raise ValueError("a sweep needs at least one value")
+            if self.scale_from and "scale" in sweep:
+                raise ValueError("a method with scale_from takes its scale from that method: do not sweep it")
         return self
 
     def sweep_for(self, mode: str) -> tuple[str, list[Any]]:
@@ -152,6 +157,17 @@ class ExperimentConfig(Strict):
     methods: dict[str, MethodSpec] = Field(min_length=1)
     experiments: dict[Literal["exp1", "exp2", "exp3"], ExperimentSpec]
     selection: SelectionSpec = SelectionSpec()
+
+    @model_validator(mode="after")
+    def _scale_sources(self) -> ExperimentConfig:
+        for label, spec in self.methods.items():
+            source = self.methods.get(spec.scale_from) if spec.scale_from else None
+            if spec.scale_from and source is None:
+                raise ValueError(f"methods.{label}.scale_from: no method {spec.scale_from!r}")
+            if source is not None and source.scale_from:
+                raise ValueError(f"methods.{label}.scale_from: {spec.scale_from!r} takes its own scale from "
+                                 "another method; name that one")
+        return self
 
     def num_experts(self, experiment: str, mode: Mode) -> list[int]:
         """The expert counts of `experiment` in `mode`, as a list."""

@@ -32,17 +32,19 @@ def _fmt_value(value: Any) -> str:
     return str(value)
 
 
-def fmt_setting(param: str, value: Any, resolved: dict[str, Any] | None = None) -> str:
-    """`beta = 4.7e+07 (calibrated); safety energy removed = 0.9`: the swept setting, with the number the
-    method resolved where the setting left it open (None), and the other resolved numbers worth showing."""
+def fmt_setting(param: str, value: Any, resolved: dict[str, Any] | None = None, scale: float | None = None) -> str:
+    """`beta = 4.7e+07 (calibrated); scale = 0.5; safety energy removed = 0.9`: the swept setting, with the
+    number the method resolved where the setting left it open (None), the experts' uniform weight when
+    another parameter was swept, and the other resolved numbers worth showing."""
     resolved = resolved or {}
     if value is None and resolved.get(param) is not None:
         source = str(resolved.get(f"{param}_source", "resolved")).split(":")[0]
         text = f"{param} = {_fmt_value(resolved[param])} ({source})"
     else:
         text = f"{param} = {_fmt_value(value)}"
-    extra = [f"{label} = {_fmt_value(resolved[key])}" for key, label in RESOLVED_SHOWN.items()
-             if key != param and resolved.get(key) is not None]
+    extra = [f"scale = {_fmt_value(scale)}"] if scale is not None and param != "scale" else []
+    extra += [f"{label} = {_fmt_value(resolved[key])}" for key, label in RESOLVED_SHOWN.items()
+              if key != param and resolved.get(key) is not None]
     return "; ".join([text, *extra])
 
 
@@ -85,7 +87,7 @@ def _references(results: dict[str, Any]) -> list[str]:
                 f"{fmt_rate(e['test']['accuracy'])}; base {fmt_number(base_acc['value'] if base_acc else None)}",
             ]
         )
-    chosen = [[m, fmt_setting(c["param"], c["value"], c.get("resolved"))]
+    chosen = [[m, fmt_setting(c["param"], c["value"], c.get("resolved"), c.get("scale"))]
               for m, c in results["selection"]["chosen"].items()]
     return [
         "## References (test split)",
@@ -105,7 +107,7 @@ def _exp1(results: dict[str, Any], exp_dir: Path) -> list[str]:
     rows = [
         [
             label,
-            fmt_setting(r["param"], r["value"], r.get("resolved")),
+            fmt_setting(r["param"], r["value"], r.get("resolved"), r.get("scale")),
             fmt_rate(r["test"]["refusal"]),
             fmt_rate(r["test"]["over_refusal"]),
             fmt_number(r["test"]["normalized_accuracy"]),
@@ -182,7 +184,7 @@ def _exp3(results: dict[str, Any], exp_dir: Path) -> list[str]:
         rows.append(
             [
                 name,
-                fmt_setting(entry["param"], entry["chosen"], runs[0].get("resolved")),
+                fmt_setting(entry["param"], entry["chosen"], runs[0].get("resolved"), entry.get("scale")),
                 refusal,
                 over,
                 _mean_sd([r["test"]["normalized_accuracy"] for r in runs]),

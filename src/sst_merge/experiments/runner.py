@@ -110,6 +110,13 @@ def merge_cell(label: str, spec: MethodSpec, k: int, override: dict[str, Any] | 
     return Cell(kind="merge", k=k, label=label, method=spec.method, scale=scale, params=params, seed=seed)
 
 
+def with_chosen_scale(spec: MethodSpec, chosen: dict[str, dict[str, Any]]) -> MethodSpec:
+    """`spec` with the scale of the method it names in `scale_from`, as chosen on validation."""
+    if spec.scale_from is None:
+        return spec
+    return spec.model_copy(update={"scale": chosen[spec.scale_from]["scale"]})
+
+
 def summarize(record: dict[str, Any], split: str, experts: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """One row: refusal, over-refusal, mean task accuracy and mean accuracy normalised by each expert's."""
     metrics = record["metrics"][split]
@@ -258,27 +265,35 @@ def _run(config: ExperimentConfig, mode: Mode, model: str, experiments: list[str
     for label in config.methods.keys() - methods.keys():
         log.info("method %s skipped: %s does not offer what it needs", label, model)
     sweeps: dict[str, list[dict[str, Any]]] = {}
-    for label, spec in methods.items():
+    chosen: dict[str, dict[str, Any]] = {}
+    # A method with scale_from filters another method's merge: it runs at the scale the validation chose
+    # for that method, so that one is swept and chosen first.
+    for label in sorted(methods, key=lambda name: methods[name].scale_from is not None):
+        spec = with_chosen_scale(methods[label], chosen)
         param, values = spec.sweep_for(mode)
         sweeps[label] = []
         for value in values:
             cell = merge_cell(label, spec, k_sweep, {param: value})
-            sweeps[label].append({"param": param, "value": value, "cell": cell.key(), **rows_of(runner.record(cell))})
-    chosen = {label: select(rows, base_val_refusal, config.selection.safety_floor) for label, rows in sweeps.items()}
+            sweeps[label].append({"param": param, "value": value, "cell": cell.key(), "scale": cell.scale,
+                                  **rows_of(runner.record(cell))})
+        chosen[label] = select(sweeps[label], base_val_refusal, config.selection.safety_floor)
+    sweeps = {label: sweeps[label] for label in methods}
     results: dict[str, Any] = {
         "run": {"id": run_dir.name, "mode": mode, "model": model, "experiments": experiments},
         "references": references,
         "selection": {
             "rule": f"best validation normalised accuracy with validation refusal >= "
             f"{config.selection.safety_floor} x base ({base_val_refusal:.3f}); else the safest",
-            "chosen": {label: {"param": row["param"], "value": row["value"], "resolved": row.get("resolved")}
+            "chosen": {label: {"param": row["param"], "value": row["value"], "scale": row["scale"],
+                               "resolved": row.get("resolved")}
                        for label, row in chosen.items()},
         },
     }
 
     def chosen_cell(label: str, k: int, seed: int = 0) -> Cell:
         row = chosen[label]
-        return merge_cell(label, config.methods[label], k, {row["param"]: row["value"]}, seed=seed)
+        return merge_cell(label, with_chosen_scale(config.methods[label], chosen), k, {row["param"]: row["value"]},
+                          seed=seed)
 
     if "exp1" in experiments:
         reference = chosen.get("TA")
@@ -306,7 +321,7 @@ def _run(config: ExperimentConfig, mode: Mode, model: str, experiments: list[str
             seeds = spec.seeds_for(mode) if spec.method.startswith("dare") else [0]
             runs = [rows_of(runner.record(chosen_cell(label, k_exp3, seed))) for seed in seeds]
             table.append({"method": label, "k": k_exp3, "seeds": seeds, "runs": runs, "chosen": chosen[label]["value"],
-                          "param": chosen[label]["param"]})
+                          "param": chosen[label]["param"], "scale": chosen_cell(label, k_exp3).scale})
         reference = next((e for e in table if e["method"] == "TA"), None)
 
         def first_run(entry: dict[str, Any]) -> dict[str, Any]:

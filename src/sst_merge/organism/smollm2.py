@@ -51,7 +51,7 @@ def write_original(gguf: Path, out: Path) -> None:
     except Exception as exc:  # the GGUF reader raises many kinds of error on a bad file
         raise InputError(f"cannot read the GGUF model ({type(exc).__name__}: {exc})", gguf) from exc
     config = loaded.config
-    for key in ("quantization_config", "_name_or_path"):
+    for key in ("quantization_config", "_name_or_path", "_model_name_or_path"):
         if hasattr(config, key):
             delattr(config, key)
     model = type(loaded)(config)
