@@ -61,8 +61,9 @@ def test_organism_kind_runs_every_method(organism: Path, tmp_path: Path):
     assert base["val"]["refusal"]["n"] == 4 and base["test"]["judge"] == "keyword"
     table = {row["method"]: row for row in results["exp3"]["table"]}
     assert set(table) == {"TA", "SST-Merge", "AGL", "Safe LoRA"}
-    # The filters of TA run at the scale the validation chose for TA, in exp1, exp2 and exp3 alike.
-    ta_scale = results["selection"]["chosen"]["TA"]["value"]
+    # The filters of TA run at TA's best-utility scale on validation, in exp1, exp2 and exp3 alike.
+    ta_rows = results["exp1"]["sweeps"]["TA"]
+    ta_scale = max(ta_rows, key=lambda r: (r["val"]["normalized_accuracy"] or 0, r["val"]["refusal"]["value"]))["value"]
     for label in ("SST-Merge", "AGL", "Safe LoRA"):
         assert {r["scale"] for r in results["exp1"]["sweeps"][label]} == {ta_scale}
         assert table[label]["scale"] == ta_scale and results["selection"]["chosen"][label]["scale"] == ta_scale

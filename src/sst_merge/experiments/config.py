@@ -106,8 +106,8 @@ class MethodSpec(Strict):
     method: str
     scale: float = Field(1.0, description="uniform weight of every expert")
     scale_from: str | None = Field(
-        None, description="take the uniform weight the validation chose for this other method (a filter of "
-        "that merge, e.g. SST-Merge of TA); `scale` is then unused")
+        None, description="run at this other method's best-utility scale on validation (a filter of that "
+        "merge, e.g. SST-Merge of TA); `scale` is then unused")
     params: dict[str, Any] = {}
     sweep: dict[str, list[Any]] = {}
     seeds: list[int] = [0]

@@ -110,11 +110,15 @@ def merge_cell(label: str, spec: MethodSpec, k: int, override: dict[str, Any] | 
     return Cell(kind="merge", k=k, label=label, method=spec.method, scale=scale, params=params, seed=seed)
 
 
-def with_chosen_scale(spec: MethodSpec, chosen: dict[str, dict[str, Any]]) -> MethodSpec:
-    """`spec` with the scale of the method it names in `scale_from`, as chosen on validation."""
+def with_source_scale(spec: MethodSpec, sweeps: dict[str, list[dict[str, Any]]]) -> MethodSpec:
+    """`spec` at the scale of the method it names in `scale_from`: the one with that method's best
+    validation utility. A filter starts from the merge a user would make without it (the selection rule's
+    safest fallback would hand it a broken merge when no unfiltered scale keeps refusal)."""
     if spec.scale_from is None:
         return spec
-    return spec.model_copy(update={"scale": chosen[spec.scale_from]["scale"]})
+    best = max(sweeps[spec.scale_from],
+               key=lambda r: (r["val"]["normalized_accuracy"] or 0.0, r["val"]["refusal"]["value"]))
+    return spec.model_copy(update={"scale": best["scale"]})
 
 
 def summarize(record: dict[str, Any], split: str, experts: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -266,10 +270,10 @@ def _run(config: ExperimentConfig, mode: Mode, model: str, experiments: list[str
         log.info("method %s skipped: %s does not offer what it needs", label, model)
     sweeps: dict[str, list[dict[str, Any]]] = {}
     chosen: dict[str, dict[str, Any]] = {}
-    # A method with scale_from filters another method's merge: it runs at the scale the validation chose
-    # for that method, so that one is swept and chosen first.
+    # A method with scale_from filters another method's merge: it runs at that method's best-utility scale
+    # on validation, so that one is swept first.
     for label in sorted(methods, key=lambda name: methods[name].scale_from is not None):
-        spec = with_chosen_scale(methods[label], chosen)
+        spec = with_source_scale(methods[label], sweeps)
         param, values = spec.sweep_for(mode)
         sweeps[label] = []
         for value in values:
@@ -292,7 +296,7 @@ def _run(config: ExperimentConfig, mode: Mode, model: str, experiments: list[str
 
     def chosen_cell(label: str, k: int, seed: int = 0) -> Cell:
         row = chosen[label]
-        return merge_cell(label, with_chosen_scale(config.methods[label], chosen), k, {row["param"]: row["value"]},
+        return merge_cell(label, with_source_scale(config.methods[label], sweeps), k, {row["param"]: row["value"]},
                           seed=seed)
 
     if "exp1" in experiments:
