@@ -9,6 +9,7 @@ import torch
 from peft.utils import merge_utils
 from safetensors.torch import load_file, save_file
 
+from dense_stack import DenseStack, prune_magnitude
 from sst_merge import lora, merge_ops, writers
 from sst_merge.errors import InputError
 from sst_merge.lora import LoraFactors
@@ -32,13 +33,13 @@ def test_prune_matches_topk_on_the_sampled_path():
     gen = torch.Generator().manual_seed(0)
     for density in (0.1, 0.5, 0.9):
         tensor = torch.randn(300, 401, generator=gen)  # > THRESHOLD_SAMPLE entries: the bracketed selection
-        assert torch.equal(merge_ops.prune_magnitude(tensor, density), topk_prune(tensor, density))
+        assert torch.equal(prune_magnitude(tensor, density), topk_prune(tensor, density))
 
 
 def test_prune_ties_at_the_cut_keep_the_lowest_indices():
     tensor = torch.randint(-3, 4, (300, 400), generator=torch.Generator().manual_seed(1)).float()
     k = int(0.3 * tensor.numel())
-    out = merge_ops.prune_magnitude(tensor, 0.3).reshape(-1)
+    out = prune_magnitude(tensor, 0.3).reshape(-1)
     mag = tensor.abs().reshape(-1)
     cut = mag.sort(descending=True).values[k - 1]
     keep = mag > cut
@@ -52,10 +53,10 @@ def test_prune_falls_back_when_the_sample_misleads():
     flat = torch.randn(200_000, generator=gen)
     step = flat.numel() // merge_ops.THRESHOLD_SAMPLE
     flat[::step] = 0.0  # every sampled entry is zero: the bracket misses the true cut
-    (cut,) = merge_ops.magnitude_cuts(merge_ops.DenseStack(flat.reshape(1, -1)), 1000)
+    (cut,) = merge_ops.magnitude_cuts(DenseStack(flat.reshape(1, -1)), 1000)
     assert cut.value == flat.abs().sort(descending=True).values[999]
     assert cut.above == int((flat.abs() > cut.value).sum()) and cut.equal == int((flat.abs() == cut.value).sum())
-    assert torch.equal(merge_ops.prune_magnitude(flat, 0.25), topk_prune(flat, 0.25))
+    assert torch.equal(prune_magnitude(flat, 0.25), topk_prune(flat, 0.25))
 
 
 @pytest.mark.parametrize("chunk", [8, 16, 64 << 20])  # bytes read at a time: less than a row, a row, the whole tensor
@@ -144,7 +145,7 @@ def test_dropped_blocks_draw_peft_masks_for_more_than_eight_tasks(monkeypatch: p
     """Masks are kept as bits, eight tasks to a byte: ten tasks use two bytes and still draw PEFT's masks."""
     monkeypatch.setattr(lora, "DELTA_BLOCK_ENTRIES", 333)
     tensors = torch.randn(10, 40, 50, generator=torch.Generator().manual_seed(7))
-    blocks = merge_ops.dropped_blocks(merge_ops.DenseStack(tensors), 0.3, torch.Generator().manual_seed(8))
+    blocks = merge_ops.dropped_blocks(DenseStack(tensors), 0.3, torch.Generator().manual_seed(8))
     dropped = torch.cat([block for _, block in blocks], dim=1)
     reference = torch.Generator().manual_seed(8)
     for task in range(10):

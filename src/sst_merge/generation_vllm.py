@@ -12,13 +12,6 @@ from pathlib import Path
 from sst_merge.generation import chat_prompts
 
 
-def vllm_available() -> bool:
-    """Whether the `vllm` package can be imported."""
-    import importlib.util
-
-    return importlib.util.find_spec("vllm") is not None
-
-
 class VLLMChat:
     """A vLLM engine for one base model (and optional PEFT adapter, served as a LoRA), built once.
 

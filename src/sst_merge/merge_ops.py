@@ -15,8 +15,6 @@ from typing import Protocol
 
 import torch
 
-from sst_merge.lora import delta_row_blocks
-
 
 class StackedRows(Protocol):
     """The ΔW of K tasks, each (d_out, d_in), read by row blocks."""
@@ -39,30 +37,6 @@ class StackedRows(Protocol):
     def entries(self, flat: torch.Tensor) -> torch.Tensor:
         """(K, len(flat)): the entries at flat indices `flat` (to estimate quantiles; rounding may differ)."""
         ...
-
-
-@dataclass(frozen=True)
-class DenseStack:
-    """`StackedRows` over dense tensors already in memory: (K, d_out, d_in), or (K, n) read as (K, n, 1)."""
-
-    tensors: torch.Tensor
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        t = self.tensors
-        return (int(t.shape[1]), 1) if t.dim() == 2 else (int(t.shape[1]), int(t[0, 0].numel()))
-
-    def count(self) -> int:
-        return int(self.tensors.shape[0])
-
-    def blocks(self) -> list[slice]:
-        return delta_row_blocks(*self.shape)
-
-    def rows(self, rows: slice) -> torch.Tensor:
-        return self.tensors.reshape(self.count(), *self.shape)[:, rows].clone()
-
-    def entries(self, flat: torch.Tensor) -> torch.Tensor:
-        return self.tensors.reshape(self.count(), -1)[:, flat]
 
 
 def weighted_sum(tensors: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -221,43 +195,19 @@ def dropped_blocks(stack: StackedRows, density: float, generator: torch.Generato
         yield rows, block
 
 
-def _dense_stack(tensor: torch.Tensor) -> DenseStack:
-    return DenseStack(tensor.reshape(1, tensor.shape[0], -1) if tensor.dim() > 1 else tensor.reshape(1, -1))
-
-
-def prune_magnitude(tensor: torch.Tensor, density: float) -> torch.Tensor:
-    """Keep the int(density·numel) entries of largest magnitude of one dense tensor, zero the rest."""
-    stack = _dense_stack(tensor)
-    return combine_blocks(trimmed_blocks(stack, density), lambda b: b[0], stack.shape).reshape(tensor.shape)
-
-
-def prune_random(
-    tensor: torch.Tensor, density: float, generator: torch.Generator, rescale: bool = True
-) -> torch.Tensor:
-    """DARE on one dense tensor: keep each entry with probability `density`, rescale by 1/density."""
-    stack = _dense_stack(tensor)
-    blocks = dropped_blocks(stack, density, generator, rescale)
-    return combine_blocks(blocks, lambda b: b[0], stack.shape).reshape(tensor.shape)
-
-
 def elected_signs(tensors: torch.Tensor) -> torch.Tensor:
     """TIES sign election over the K tasks of (K, ...) tensors: the sign of the total, +1 where it is
     zero (as PEFT does)."""
     return torch.where(tensors.sum(dim=0) >= 0, 1.0, -1.0).to(tensors.dtype)
 
 
-def majority_sign_mask(tensors: torch.Tensor) -> torch.Tensor:
-    """True where an entry's sign equals the elected sign; zero entries never agree."""
-    return tensors.sign() == elected_signs(tensors)
-
-
 def ties_combine(trimmed: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Elect signs on the trimmed (K, ...) task tensors, weight them, take the disjoint mean (the sum
     of the agreeing weighted entries over their count).
 
-    The agreement is `majority_sign_mask` as a 0/1 float (sign of x · elected sign, clamped at 0), so
-    that the products and sums are PEFT's bit for bit: reductions over boolean tensors cost more than
-    the rest of the combine.
+    An entry agrees when its sign is the elected one (zero entries never agree). The agreement is a
+    0/1 float (sign of x · elected sign, clamped at 0), so that the products and sums are PEFT's bit
+    for bit: reductions over boolean tensors cost more than the rest of the combine.
     """
     agree = (trimmed * elected_signs(trimmed)).sign_().clamp_(min=0)
     count = agree.sum(dim=0).clamp_(min=1)

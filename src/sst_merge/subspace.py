@@ -40,10 +40,6 @@ class ModuleSubspace:
     def q(self) -> int:
         return int(self.V.shape[1])
 
-    def expand(self, core: torch.Tensor) -> torch.Tensor:
-        """Dense U core Vᵀ (d_out, d_in) of a (p, q) core."""
-        return self.U @ core @ self.V.T
-
 
 def union_basis(mats: Sequence[torch.Tensor], dim: int, rtol: float = RANK_RTOL) -> torch.Tensor:
     """Orthonormal basis (dim, n) of the span of the columns of all `mats` (each (dim, r_k)).

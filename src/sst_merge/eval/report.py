@@ -1,14 +1,13 @@
-"""Evaluation reports: JSON (for machines), CSV, Markdown tables and PNG plots (Pareto fronts, metric
-vs number of experts). Every number is shown with its n and confidence interval where it has one.
+"""Pieces of the experiment report (`sst_merge.experiments.report`): numbers with their n and
+confidence interval, Markdown tables, the safety-tax section, and PNG plots (Pareto fronts, metric
+vs number of experts).
 
-Inputs are the suite results of `sst_merge.eval.suites` runners, grouped by setting
-(`{setting label: [suite result, ...]}`), optionally a `SafetyTaxCalculator.analyze` result and a
-metric-vs-experts series `{metric: {method: [{"experts": k, "value", "n", "ci"}, ...]}}`.
+The plots read a `SafetyTaxCalculator.analyze` result and a metric-vs-experts series
+`{metric: {method: [{"experts": k, "value", "n", "ci"}, ...]}}`.
 """
 
 from __future__ import annotations
 
-import csv
 import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,23 +17,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend is chosen before pyplot is imported)
-
-from sst_merge.atomic import write_json_atomic, write_text_atomic  # noqa: E402
-
-CSV_COLUMNS = ["setting", "suite", "kind", "metric", "value", "n", "ci_low", "ci_high", "ci_method", "judge"]
-
-
-def metric_rows(results: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
-    """One flat row per (setting, suite, metric): value, n, CI bounds, CI method and judge (if any)."""
-    rows = []
-    for setting, suites in results.items():
-        for result in suites:
-            for name, metric in result.get("metrics", {}).items():
-                ci = metric.get("ci") or [None, None]
-                rows.append({"setting": setting, "suite": result.get("suite"), "kind": result.get("kind"),
-                             "metric": name, "value": metric.get("value"), "n": metric.get("n"), "ci_low": ci[0],
-                             "ci_high": ci[1], "ci_method": metric.get("ci_method"), "judge": result.get("judge")})
-    return rows
 
 
 def fmt_number(value: float | None, digits: int = 3) -> str:
@@ -78,25 +60,6 @@ def tax_markdown(tax: Mapping[str, Any]) -> str:
         f"Pareto front areas over the safety grid [{grid['low']:g}, {grid['high']:g}] ({grid['points']} points):",
         markdown_table(["method", "front points", "area"], areas),
     ])
-
-
-def render_markdown(rows: Sequence[Mapping[str, Any]], tax: Mapping[str, Any] | None, plots: Sequence[str],
-                    title: str) -> str:
-    """The whole Markdown report: one table per suite, the safety tax, and links to the plots."""
-    parts = [f"# {title}"]
-    for suite in dict.fromkeys(r["suite"] for r in rows):
-        mine = [r for r in rows if r["suite"] == suite]
-        judge = next((r["judge"] for r in mine if r["judge"]), None)
-        parts.append(f"## {suite}" + (f" (judge: {judge})" if judge else ""))
-        parts.append(markdown_table(["setting", "metric", "value [95% CI] (n)", "CI method"],
-                                    [[r["setting"], r["metric"], fmt_metric(r["value"], [r["ci_low"], r["ci_high"]],
-                                                                             r["n"]), r["ci_method"] or "–"]
-                                     for r in mine]))
-    if tax is not None:
-        parts.append(tax_markdown(tax))
-    if plots:
-        parts.append("## Plots\n\n" + "\n".join(f"![{Path(p).stem}]({Path(p).name})" for p in plots))
-    return "\n\n".join(parts) + "\n"
 
 
 def plot_pareto(tax: Mapping[str, Any], path: Path) -> None:
@@ -150,43 +113,3 @@ def _save(fig: Any, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(buffer.getvalue())
     tmp.replace(path)
-
-
-class MetricsReporter:
-    """Writes `report.json`, `metrics.csv`, `report.md` and the plots into `out_dir`."""
-
-    def __init__(self, out_dir: str | Path, title: str = "SST-Merge evaluation") -> None:
-        self.out_dir = Path(out_dir)
-        self.title = title
-
-    def write(
-        self,
-        results: Mapping[str, Sequence[Mapping[str, Any]]],
-        tax: Mapping[str, Any] | None = None,
-        expert_series: Mapping[str, Mapping[str, Sequence[Mapping[str, Any]]]] | None = None,
-    ) -> dict[str, Path]:
-        """Write every output; returns their paths by kind (`json`, `csv`, `markdown`, `pareto`, `experts`)."""
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        rows = metric_rows(results)
-        paths: dict[str, Path] = {}
-        plots = []
-        if tax is not None and tax.get("settings") is not None:
-            paths["pareto"] = self.out_dir / "pareto.png"
-            plot_pareto(tax, paths["pareto"])
-            plots.append(str(paths["pareto"]))
-        if expert_series:
-            paths["experts"] = self.out_dir / "metric_vs_experts.png"
-            plot_vs_experts(expert_series, paths["experts"])
-            plots.append(str(paths["experts"]))
-        paths["json"] = self.out_dir / "report.json"
-        write_json_atomic(paths["json"], {"title": self.title, "metrics": rows, "safety_tax": tax,
-                                          "metric_vs_experts": expert_series, "plots": [Path(p).name for p in plots]})
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-        paths["csv"] = self.out_dir / "metrics.csv"
-        write_text_atomic(paths["csv"], buffer.getvalue())
-        paths["markdown"] = self.out_dir / "report.md"
-        write_text_atomic(paths["markdown"], render_markdown(rows, tax, plots, self.title))
-        return paths
