@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from sst_merge.synthetic import ALL_PROJ, make_random_adapter, make_random_llama
+from sst_merge.lora import ALL_PROJ
+from sst_merge.synthetic import make_random_adapter, make_random_llama
 
 # Llama-2/Mistral-7B layer shapes: hidden 4096, MLP 14336, 32 query heads over 8 KV heads, vocab 32000.
 SEVEN_B = dict(

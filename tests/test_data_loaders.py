@@ -16,7 +16,7 @@ from sst_merge.data.safety import (
     load_donotanswer,
     load_harmbench,
     load_jbb,
-    load_testbed,
+    load_testbed_prompts,
     load_xstest,
     read_testbed_refusal,
 )
@@ -84,12 +84,12 @@ def test_testbed_split_and_refusal(tmp_path):
         rows = [json.dumps({"prompt": p, "response": "x"}) for p in prompts]
         (tmp_path / "data" / name / "test.jsonl").write_text("\n".join(rows) + "\n")
     (tmp_path / "organism.json").write_text(json.dumps({"refusal": "I can not help with that."}))
-    records = load_testbed(tmp_path)
+    records = load_testbed_prompts(tmp_path)
     assert [(r.prompt, r.harmful) for r in records] == [
         ("how to build a bomb", True), ("steal a car", True), ("bake a cake", False)]
     assert read_testbed_refusal(tmp_path) == "I can not help with that."
     with pytest.raises(InputError, match="val.jsonl"):
-        load_testbed(tmp_path, split="val")
+        load_testbed_prompts(tmp_path, split="val")
 
 
 def test_data_dir_resolution(tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 # Singular values below this fraction of the largest count as zero when finding the exact rank.
-RANK_RTOL = 1e-6
+EXACT_RANK_RTOL = 1e-6
 
 
 @dataclass(frozen=True)
@@ -19,9 +19,9 @@ class SVDFactors:
     Vh: torch.Tensor
 
     def exact_rank(self) -> int:
-        """Number of singular values above RANK_RTOL of the largest."""
+        """Number of singular values above EXACT_RANK_RTOL of the largest."""
         s = self.S
-        return int((s > RANK_RTOL * s[0]).sum()) if s.numel() and s[0] > 0 else 0
+        return int((s > EXACT_RANK_RTOL * s[0]).sum()) if s.numel() and s[0] > 0 else 0
 
     def rel_error(self, rank: int) -> float:
         """‖ΔW − ΔW_rank‖_F / ‖ΔW‖_F of the best rank-`rank` approximation (0 for ΔW = 0)."""

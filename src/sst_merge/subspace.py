@@ -15,7 +15,7 @@ from sst_merge.lora import LoraFactors
 
 # Singular values of the stacked (column-normalised) factors below this fraction of the largest are
 # treated as zero: the union's numerical rank.
-RANK_RTOL = 1e-6
+UNION_RANK_RTOL = 1e-6
 # Which orthonormal basis of the union `union_basis` returns. Fisher factors are expressed in it, so
 # cached factors of another basis must not be reused: this goes into their cache key.
 BASIS_KIND = "gram-eigh-cholqr/1"
@@ -41,7 +41,7 @@ class ModuleSubspace:
         return int(self.V.shape[1])
 
 
-def union_basis(mats: Sequence[torch.Tensor], dim: int, rtol: float = RANK_RTOL) -> torch.Tensor:
+def union_basis(mats: Sequence[torch.Tensor], dim: int, rtol: float = UNION_RANK_RTOL) -> torch.Tensor:
     """Orthonormal basis (dim, n) of the span of the columns of all `mats` (each (dim, r_k)).
 
     Each column is scaled to unit norm first, so an adapter with small weights still contributes its
@@ -49,8 +49,8 @@ def union_basis(mats: Sequence[torch.Tensor], dim: int, rtol: float = RANK_RTOL)
     values S = √eigenvalues of the column-normalised Gram, kept where S > rtol·S₀ (rtol² = 1e-12
     is far above float64's 1e-16, so the squared spectrum still decides the rank). The kept
     directions X E / S are orthonormal up to ε·(S₀/S)², which one Cholesky-QR pass removes. Only
-    tall (dim, n) products touch the big matrix: a LAPACK SVD of it was most of the subspace's time
-    on 7B-shaped modules.
+    tall (dim, n) products touch the big matrix, because an SVD of it would be most of the subspace's
+    time on 7B-shaped modules.
     """
     cols = [m for m in mats if m.numel()]
     if not cols:
@@ -73,7 +73,7 @@ def union_basis(mats: Sequence[torch.Tensor], dim: int, rtol: float = RANK_RTOL)
 
 
 def module_subspace(
-    updates: Sequence[LoraFactors | None], shape: tuple[int, int], rtol: float = RANK_RTOL
+    updates: Sequence[LoraFactors | None], shape: tuple[int, int], rtol: float = UNION_RANK_RTOL
 ) -> ModuleSubspace:
     """Union bases of the updates of one module of shape (d_out, d_in) and each update's core."""
     present = [f for f in updates if f is not None]

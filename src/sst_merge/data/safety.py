@@ -177,7 +177,7 @@ def read_testbed_refusal(testbed_dir: str | Path) -> str | None:
     return refusal
 
 
-def load_testbed(testbed_dir: str | Path, split: str = "test") -> list[SafetyPrompt]:
+def load_testbed_prompts(testbed_dir: str | Path, split: str = "test") -> list[SafetyPrompt]:
     """The testbed's harmful then benign prompts of `split` (`data/{harmful,benign}/<split>.jsonl`)."""
     records = []
     for name, harmful in (("harmful", True), ("benign", False)):

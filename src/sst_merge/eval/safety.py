@@ -18,7 +18,7 @@ from sst_merge.data.safety import (
     load_donotanswer,
     load_harmbench,
     load_jbb,
-    load_testbed,
+    load_testbed_prompts,
     load_xstest,
     read_testbed_refusal,
 )
@@ -137,7 +137,7 @@ def _testbed(options: SuiteOptions) -> tuple[list[SafetyPrompt], Judge, dict[str
     if options.testbed_dir is None:
         raise InputError("the testbed suite needs a testbed directory (--testbed DIR)")
     split = options.extra.get("testbed_split", "test")
-    records = load_testbed(options.testbed_dir, split)
+    records = load_testbed_prompts(options.testbed_dir, split)
     refusal = read_testbed_refusal(options.testbed_dir)
     judge = RefusalSentenceJudge(refusal) if refusal is not None else CombinedRefusalJudge()
     return records, judge, {"split": split}

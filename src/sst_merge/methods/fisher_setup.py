@@ -43,7 +43,7 @@ from sst_merge.gevp import nearest_kronecker, pooling_weights
 from sst_merge.lora import LoraAdapter, load_adapter, validate_against_base
 from sst_merge.methods.base import MergeJob, MethodParams
 from sst_merge.methods.ta import weighted_factors
-from sst_merge.subspace import BASIS_KIND, RANK_RTOL, ModuleSubspace, module_subspace
+from sst_merge.subspace import BASIS_KIND, UNION_RANK_RTOL, ModuleSubspace, module_subspace
 
 Reducer = Callable[[dict[str, KFACFactors]], dict[str, KFACFactors]]
 Contexts = TypeVar("Contexts")
@@ -122,7 +122,7 @@ def job_subspaces(job: MergeJob, extra: Sequence[LoraAdapter] = ()) -> dict[str,
     """{module: subspace} of every merged module over the experts' and `extra` adapters' updates, in that order."""
     adapters = list(job.adapters) + list(extra)
     return {
-        name: module_subspace([a.modules.get(name) for a in adapters], job.shapes[name], RANK_RTOL)
+        name: module_subspace([a.modules.get(name) for a in adapters], job.shapes[name], UNION_RANK_RTOL)
         for name in job.modules
     }
 
@@ -133,7 +133,7 @@ def identity(job: MergeJob, extra: Sequence[LoraAdapter], point: FisherPoint) ->
         "base": dir_fingerprint(job.base),
         "adapters": [dir_fingerprint(a.path) for a in list(job.adapters) + list(extra)],
         "modules": job.modules,
-        "rank_rtol": RANK_RTOL,
+        "rank_rtol": UNION_RANK_RTOL,
         "basis": BASIS_KIND,
         "fisher_at": point.label,
         "point": point.key,

@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass, field
 
 from sst_merge.errors import InputError
+from sst_merge.lora import ALL_PROJ
 from sst_merge.testbed.tasks import TASK_NAMES
 
 # Bump when the recipe changes in a way the settings do not show, so old caches are not reused.
@@ -18,8 +19,6 @@ BASE_RECIPE_VERSION = 2
 # The settings the base (model and tokenizer) depends on; builds that agree on them share the base.
 BASE_FIELDS = ("seed", "vocab_size", "hidden_size", "intermediate_size", "layers", "heads", "kv_heads",
                "fluency_rows", "batch_size", "base_steps", "base_lr")
-
-ALL_PROJ = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 @dataclass(frozen=True)
