@@ -99,11 +99,12 @@ def read_weight(path: str | Path, shard: str, module: str) -> torch.Tensor:
 def adapted_module_shapes(path: str | Path, modules: Collection[str]) -> dict[str, tuple[int, int]]:
     """(d_out, d_in) of the base's Linear modules, to check adapters that adapt `modules` against.
 
-    Read from the safetensors headers when they hold a 2-D weight for every one of `modules`: no model
-    class is imported, which was most of a merge's start-up (fan_in_fan_out adapters, whose base weight
-    is stored transposed, are refused when loaded). Otherwise (a .bin checkpoint, a tied weight the
-    files do not store) from the model class on the meta device. Keys come in natural name order
-    (layer 2 before layer 10) whichever way they were read, so both give jobs the same module order.
+    Read from the safetensors headers when they hold a 2-D weight for every one of `modules`, so that
+    no model class is imported: the import would be most of a merge's start-up (fan_in_fan_out
+    adapters, whose base weight is stored transposed, are refused when loaded). Otherwise (a .bin
+    checkpoint, a tied weight the files do not store) from the model class on the meta device. Keys
+    come in natural name order (layer 2 before layer 10) whichever way they were read, so both give
+    jobs the same module order.
     """
     _config_file(path)
     shapes = stored_weight_shapes(path)
