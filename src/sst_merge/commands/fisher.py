@@ -21,7 +21,7 @@ from sst_merge.fisher import save_factors
 from sst_merge.merge import load_job, parse_weights
 from sst_merge.methods.fisher_setup import (
     FactorSource,
-    FisherParams,
+    FisherPassParams,
     identity,
     job_subspaces,
     load_extra_adapter,
@@ -66,10 +66,10 @@ def run(args: argparse.Namespace) -> int:
     require_at_least(2, max_length=args.max_length)
     weights = parse_weights(args.weights) if args.weights is not None else None
     check_output(args.output, args.force)
-    params = FisherParams(safety_data=args.data, fisher_kind=args.kind, fisher_at=args.at,
-                          fisher_max_examples=args.max_examples, fisher_max_length=args.max_length,
-                          fisher_batch_size=args.batch_size, fisher_seed=args.seed, cache_dir=args.cache_dir,
-                          device=args.device, fisher_dtype=args.dtype)
+    params = FisherPassParams(fisher_kind=args.kind, fisher_at=args.at, fisher_max_examples=args.max_examples,
+                              fisher_max_length=args.max_length, fisher_batch_size=args.batch_size,
+                              fisher_seed=args.seed, cache_dir=args.cache_dir, device=args.device,
+                              fisher_dtype=args.dtype)
     job = load_job(args.base, args.adapters, weights)  # the same job, so the same cache key, as the merge's
     extra = [load_extra_adapter(args.safety_adapter, job)] if args.safety_adapter else []
     subspaces = job_subspaces(job, extra)

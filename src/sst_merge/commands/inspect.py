@@ -36,6 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--damping", type=float, default=0.01, help="γ, damping of the utility factors")
     parser.add_argument("--fisher-at", choices=["base", "ta"], default="ta",
                         help="take the Fishers at base + task arithmetic (as merge does by default) or at the base")
+    parser.add_argument("--fisher-kind", choices=["empirical", "true"], default="empirical",
+                        help="empirical Fisher (data labels) or true Fisher (labels sampled from the model), as merge")
     parser.add_argument("--fisher-max-examples", type=int, default=256, help="rows per data file")
     parser.add_argument("--cache-dir", type=Path, help="Fisher factor cache (shared with merge)")
     parser.add_argument("--device", default="cpu", help="device of the Fisher pass")
@@ -91,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     config = build_merge_config(dict(
         base=args.base, adapters=args.adapters, method="sst", output=args.output, safety_data=args.safety_data,
         utility_data=args.utility_data, safety_adapter=args.safety_adapter, beta=args.beta, damping=args.damping,
-        fisher_at=args.fisher_at,
+        fisher_at=args.fisher_at, fisher_kind=args.fisher_kind,
         fisher_max_examples=args.fisher_max_examples, cache_dir=args.cache_dir, device=args.device,
     ))
     check_output(args.output, args.force)

@@ -7,6 +7,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from pydantic.fields import FieldInfo
 from rich.console import Console
 from rich.table import Table
 
@@ -22,13 +23,33 @@ from sst_merge.merge import (
 from sst_merge.methods import get_method, method_names
 
 
-def _method_fields() -> dict[str, Any]:
-    """Every parameter of every registered method (name → pydantic FieldInfo), first definition wins."""
-    fields: dict[str, Any] = {}
+def _method_fields() -> dict[str, list[tuple[str, FieldInfo]]]:
+    """Every parameter of the registered methods: name → [(method, pydantic FieldInfo), ...] of each
+    method that takes it, parameters in the order they first appear."""
+    fields: dict[str, list[tuple[str, FieldInfo]]] = {}
     for name in method_names():
         for field, info in get_method(name).params.model_fields.items():
-            fields.setdefault(field, info)
+            fields.setdefault(field, []).append((name, info))
     return fields
+
+
+def _default_text(info: FieldInfo) -> str:
+    if info.is_required():
+        return "required"
+    default = info.get_default(call_default_factory=True)
+    return "optional" if default is None else f"default {default!r}"
+
+
+def param_help(uses: list[tuple[str, FieldInfo]]) -> str:
+    """A method flag's help: its description, the methods that take it, and for each its default or
+    that it is required (once, when they agree)."""
+    description = next((info.description for _, info in uses if info.description), "")
+    defaults = {method: _default_text(info) for method, info in uses}
+    if len(set(defaults.values())) == 1:
+        where = f"{', '.join(defaults)}: {next(iter(defaults.values()))}"
+    else:
+        where = "; ".join(f"{method}: {text}" for method, text in defaults.items())
+    return f"{description} ({where})".strip()
 
 
 def _is_list(annotation: Any) -> bool:
@@ -55,9 +76,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--force", action="store_true", default=None, help="replace an existing output")
     parser.add_argument("--dry-run", action="store_true", default=None, help="validate and plan, write nothing")
     group = parser.add_argument_group("method parameters")
-    for field, info in _method_fields().items():
+    for field, uses in _method_fields().items():
         flag = "--" + field.replace("_", "-")
-        help_text = f"{info.description or ''} (default {info.default!r})".strip()
+        info = uses[0][1]
+        help_text = param_help(uses).replace("%", "%%")  # argparse %-formats help strings
         if info.annotation is bool:
             group.add_argument(flag, dest=f"param_{field}", action="store_true", default=None, help=help_text)
         elif _is_list(info.annotation):

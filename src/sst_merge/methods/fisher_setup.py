@@ -49,20 +49,15 @@ Reducer = Callable[[dict[str, KFACFactors]], dict[str, KFACFactors]]
 Contexts = TypeVar("Contexts")
 
 
-class FisherParams(MethodParams):
-    """Parameters of the Fisher pass shared by the Fisher-based methods."""
+class FisherPassParams(MethodParams):
+    """How a Fisher pass runs, whatever data it reads (each caller names its datasets)."""
 
-    safety_data: Path = Field(description="chat JSONL (prompt, response) of harmful prompts paired with refusals "
-                                          "(prompts the base was not trained on: at its own training rows the "
-                                          "refusal loss is ~0 and the Fisher says nothing)")
     fisher_kind: Literal["empirical", "true"] = Field(
         "empirical", description="empirical Fisher (data labels) or true Fisher (labels sampled from the model)"
     )
     fisher_at: Literal["base", "ta"] = Field(
         "ta", description="take the Fisher at base + the task-arithmetic merge (where the merge lives), or at the base"
     )
-    fisher_rounds: int = Field(1, ge=1, le=10, description="re-take the safety Fisher at the filtered merge and "
-                                                           "filter again, this many rounds in all")
     fisher_max_examples: int = Field(256, ge=1, description="rows used from each data file")
     fisher_max_length: int = Field(512, ge=2, description="tokens per example (longer ones are cut)")
     fisher_batch_size: int = Field(8, ge=1, description="examples per forward/backward pass")
@@ -77,6 +72,16 @@ class FisherParams(MethodParams):
         """The FisherOptions these parameters describe."""
         return FisherOptions(self.fisher_kind, self.fisher_max_examples, self.fisher_max_length,
                              self.fisher_batch_size, self.fisher_seed)
+
+
+class FisherParams(FisherPassParams):
+    """Parameters shared by the Fisher-based methods: the pass, the safety data and the rounds."""
+
+    safety_data: Path = Field(description="chat JSONL (prompt, response) of harmful prompts paired with refusals "
+                                          "(prompts the base was not trained on: at its own training rows the "
+                                          "refusal loss is ~0 and the Fisher says nothing)")
+    fisher_rounds: int = Field(1, ge=1, le=10, description="re-take the safety Fisher at the filtered merge and "
+                                                           "filter again, this many rounds in all")
 
 
 @dataclass(frozen=True)
@@ -155,7 +160,7 @@ class FactorSource:
     dataset and `reduce` all-reduces the sums.
     """
 
-    def __init__(self, job: MergeJob, subspaces: dict[str, ModuleSubspace], params: FisherParams,
+    def __init__(self, job: MergeJob, subspaces: dict[str, ModuleSubspace], params: FisherPassParams,
                  extra: Sequence[LoraAdapter] = (), rank: int = 0, world: int = 1,
                  reduce: Reducer | None = None) -> None:
         self.job, self.params, self.extra = job, params, list(extra)
