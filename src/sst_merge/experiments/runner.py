@@ -9,6 +9,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -247,10 +248,47 @@ def _run(config: ExperimentConfig, mode: Mode, model: str, experiments: list[str
     check_run_identity(run_dir, run_identity(config, mode, model, subject), set_aside_stale)
     runner = Runner(config, subject, run_dir)
 
-    def rows_of(record: dict[str, Any]) -> dict[str, Any]:
-        return {**{split: summarize(record, split, experts) for split in ("val", "test")},
-                "resolved": resolved_of(record)}
+    base, experts, references = reference_records(runner)
+    base_val_refusal = base["metrics"]["val"]["refusal"]["value"]
+    methods = {label: spec for label, spec in config.methods.items() if subject.can_run(spec.method)}
+    for label in config.methods.keys() - methods.keys():
+        log.info("method %s skipped: %s does not offer what it needs", label, model)
+    selection = select_settings(runner, mode, methods, k_sweep, experts, base_val_refusal)
+    results: dict[str, Any] = {
+        "run": {"id": run_dir.name, "mode": mode, "model": model, "experiments": experiments},
+        "references": references,
+        "selection": {
+            "rule": f"best validation normalised accuracy with validation refusal >= "
+            f"{config.selection.safety_floor} x base ({base_val_refusal:.3f}); else the safest",
+            "chosen": {label: {"param": row["param"], "value": row["value"], "scale": row["scale"],
+                               "resolved": row.get("resolved")}
+                       for label, row in selection.chosen.items()},
+        },
+    }
+    if "exp1" in experiments:
+        results["exp1"] = exp1(k_sweep, selection)
+    if "exp2" in experiments:
+        results["exp2"] = exp2(runner, k_exp2, methods, selection, experts)
+    if "exp3" in experiments:
+        results["exp3"] = exp3(runner, mode, k_exp3, methods, selection, experts)
+    results["run"]["cells_computed"] = runner.computed
+    results["run"]["cells_reused"] = runner.reused
+    results["run"]["seconds"] = round(time.perf_counter() - started, 1)
+    write_json_atomic(run_dir / "results.json", results)
+    console.log(f"experiments: {runner.computed} cells computed, {runner.reused} reused")
+    return results
 
+
+def summary_rows(record: dict[str, Any], experts: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A merge cell's rows: `summarize` of each split, and the settings its method resolved."""
+    return {**{split: summarize(record, split, experts) for split in ("val", "test")},
+            "resolved": resolved_of(record)}
+
+
+def reference_records(runner: Runner) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, Any]]:
+    """The base's record, each expert's record by task, and the references section of the results
+    (base, experts' own-task accuracy and refusal, the safety adapter if the subject has one)."""
+    subject = runner.subject
     base = runner.record(Cell(kind="base"))
     experts = {task: runner.record(Cell(kind="expert", task=task)) for task in subject.tasks}
     references: dict[str, Any] = {"base": rows_of_reference(base), "experts": {}}
@@ -262,12 +300,29 @@ def _run(config: ExperimentConfig, mode: Mode, model: str, experiments: list[str
         }
     if subject.safety_adapter is not None:
         references["safety_adapter"] = rows_of_reference(runner.record(Cell(kind="safety")))
-    base_val_refusal = base["metrics"]["val"]["refusal"]["value"]
+    return base, experts, references
 
-    # exp1's sweep is also where every method's setting is chosen (on validation data) for exp2 and exp3.
-    methods = {label: spec for label, spec in config.methods.items() if subject.can_run(spec.method)}
-    for label in config.methods.keys() - methods.keys():
-        log.info("method %s skipped: %s does not offer what it needs", label, model)
+
+@dataclass(frozen=True)
+class Selection:
+    """exp1's sweep of every method and the row chosen from each on validation data; exp2 and exp3
+    run the chosen settings."""
+
+    config: ExperimentConfig
+    sweeps: dict[str, list[dict[str, Any]]]
+    chosen: dict[str, dict[str, Any]]
+
+    def cell(self, label: str, k: int, seed: int = 0) -> Cell:
+        """The merge cell of method `label` at its chosen setting with `k` experts."""
+        row = self.chosen[label]
+        return merge_cell(label, with_source_scale(self.config.methods[label], self.sweeps), k,
+                          {row["param"]: row["value"]}, seed=seed)
+
+
+def select_settings(runner: Runner, mode: Mode, methods: dict[str, MethodSpec], k: int,
+                    experts: dict[str, dict[str, Any]], base_val_refusal: float) -> Selection:
+    """Sweep every method with `k` experts and choose its setting on validation data (`select`)."""
+    config = runner.config
     sweeps: dict[str, list[dict[str, Any]]] = {}
     chosen: dict[str, dict[str, Any]] = {}
     # A method with scale_from filters another method's merge: it runs at that method's best-utility scale
@@ -277,75 +332,64 @@ def _run(config: ExperimentConfig, mode: Mode, model: str, experiments: list[str
         param, values = spec.sweep_for(mode)
         sweeps[label] = []
         for value in values:
-            cell = merge_cell(label, spec, k_sweep, {param: value})
+            cell = merge_cell(label, spec, k, {param: value})
             sweeps[label].append({"param": param, "value": value, "cell": cell.key(), "scale": cell.scale,
-                                  **rows_of(runner.record(cell))})
+                                  **summary_rows(runner.record(cell), experts)})
         chosen[label] = select(sweeps[label], base_val_refusal, config.selection.safety_floor)
-    sweeps = {label: sweeps[label] for label in methods}
-    results: dict[str, Any] = {
-        "run": {"id": run_dir.name, "mode": mode, "model": model, "experiments": experiments},
-        "references": references,
-        "selection": {
-            "rule": f"best validation normalised accuracy with validation refusal >= "
-            f"{config.selection.safety_floor} x base ({base_val_refusal:.3f}); else the safest",
-            "chosen": {label: {"param": row["param"], "value": row["value"], "scale": row["scale"],
-                               "resolved": row.get("resolved")}
-                       for label, row in chosen.items()},
-        },
+    return Selection(config, {label: sweeps[label] for label in methods}, chosen)
+
+
+def exp1(k: int, selection: Selection) -> dict[str, Any]:
+    """exp1: every method's sweep with `k` experts, and the safety tax of each setting against TA's chosen one."""
+    reference = selection.chosen.get("TA")
+    sweeps = selection.sweeps
+    return {
+        "k": k,
+        "sweeps": sweeps,
+        "safety_tax": safety_tax([(label, row) for label, rows in sweeps.items() for row in rows], ("TA", reference))
+        if reference
+        else None,
     }
 
-    def chosen_cell(label: str, k: int, seed: int = 0) -> Cell:
-        row = chosen[label]
-        return merge_cell(label, with_source_scale(config.methods[label], sweeps), k, {row["param"]: row["value"]},
-                          seed=seed)
 
-    if "exp1" in experiments:
-        reference = chosen.get("TA")
-        results["exp1"] = {
-            "k": k_sweep,
-            "sweeps": sweeps,
-            "safety_tax": safety_tax(
-                [(label, row) for label, rows in sweeps.items() for row in rows], ("TA", reference)
-            )
-            if reference
-            else None,
-        }
-    if "exp2" in experiments:
-        results["exp2"] = {
-            "k": k_exp2,
-            "rows": [
-                {"method": label, "k": k, **rows_of(runner.record(chosen_cell(label, k)))}
-                for k in k_exp2
-                for label in methods
-            ],
-        }
-    if "exp3" in experiments:
-        table = []
-        for label, spec in methods.items():
-            seeds = spec.seeds_for(mode) if spec.method.startswith("dare") else [0]
-            runs = [rows_of(runner.record(chosen_cell(label, k_exp3, seed))) for seed in seeds]
-            table.append({"method": label, "k": k_exp3, "seeds": seeds, "runs": runs, "chosen": chosen[label]["value"],
-                          "param": chosen[label]["param"], "scale": chosen_cell(label, k_exp3).scale})
-        reference = next((e for e in table if e["method"] == "TA"), None)
+def exp2(runner: Runner, ks: list[int], methods: dict[str, MethodSpec], selection: Selection,
+         experts: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """exp2: every method at its chosen setting for each number of experts in `ks`."""
+    return {
+        "k": ks,
+        "rows": [
+            {"method": label, "k": k, **summary_rows(runner.record(selection.cell(label, k)), experts)}
+            for k in ks
+            for label in methods
+        ],
+    }
 
-        def first_run(entry: dict[str, Any]) -> dict[str, Any]:
-            # The tax compares single models: a seeded method's first seed stands for it.
-            param = entry["param"] if len(entry["seeds"]) == 1 else f"seed {entry['seeds'][0]}, {entry['param']}"
-            return {**entry["runs"][0], "param": param, "value": entry["chosen"]}
 
-        results["exp3"] = {
-            "k": k_exp3,
-            "table": table,
-            "safety_tax": safety_tax([(e["method"], first_run(e)) for e in table], ("TA", first_run(reference)))
-            if reference
-            else None,
-        }
-    results["run"]["cells_computed"] = runner.computed
-    results["run"]["cells_reused"] = runner.reused
-    results["run"]["seconds"] = round(time.perf_counter() - started, 1)
-    write_json_atomic(run_dir / "results.json", results)
-    console.log(f"experiments: {runner.computed} cells computed, {runner.reused} reused")
-    return results
+def exp3(runner: Runner, mode: Mode, k: int, methods: dict[str, MethodSpec], selection: Selection,
+         experts: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """exp3: every method at its chosen setting with `k` experts (DARE over its seeds), and the safety
+    tax against TA."""
+    table = []
+    for label, spec in methods.items():
+        seeds = spec.seeds_for(mode) if spec.method.startswith("dare") else [0]
+        runs = [summary_rows(runner.record(selection.cell(label, k, seed)), experts) for seed in seeds]
+        table.append({"method": label, "k": k, "seeds": seeds, "runs": runs,
+                      "chosen": selection.chosen[label]["value"], "param": selection.chosen[label]["param"],
+                      "scale": selection.cell(label, k).scale})
+    reference = next((e for e in table if e["method"] == "TA"), None)
+
+    def first_run(entry: dict[str, Any]) -> dict[str, Any]:
+        # The tax compares single models: a seeded method's first seed stands for it.
+        param = entry["param"] if len(entry["seeds"]) == 1 else f"seed {entry['seeds'][0]}, {entry['param']}"
+        return {**entry["runs"][0], "param": param, "value": entry["chosen"]}
+
+    return {
+        "k": k,
+        "table": table,
+        "safety_tax": safety_tax([(e["method"], first_run(e)) for e in table], ("TA", first_run(reference)))
+        if reference
+        else None,
+    }
 
 
 def _setting(label: str, row: dict[str, Any]) -> Setting:
