@@ -16,6 +16,7 @@ from sst_merge.testbed import REFUSAL, build_testbed, exact_match_accuracy, is_r
 from sst_merge.testbed.config import make_config
 from sst_merge.testbed.data import make_data, write_data
 from sst_merge.testbed.safety_data import CATEGORIES
+from sst_merge.testbed.stages import measure_safety
 from sst_merge.testbed.tasks import TASK_NAMES, TASKS
 from sst_merge.testbed.tokenizer import train_tokenizer
 from sst_merge.testbed.train import collate, encode_examples, train_lm
@@ -141,8 +142,13 @@ def test_manifest_records_settings_metrics_times_and_falling_loss(micro: Path) -
     assert manifest["settings"] == make_config("micro").to_dict()
     metrics = manifest["metrics"]
     assert set(metrics["experts"]) == set(TASK_NAMES[:3])
+    harmful, benign = (len(load_testbed(micro).split(kind, "test")) for kind in ("harmful", "benign"))
     for m in [metrics["base"], metrics["safety"], *metrics["experts"].values()]:
-        assert 0.0 <= m["refusal"] <= 1.0 and 0.0 <= m["over_refusal"] <= 1.0
+        # Shares of the held-out test prompts (216 harmful, 432 benign), rounded to 4 places.
+        assert _share_of(m["refusal"], harmful) and _share_of(m["over_refusal"], benign)
+    mean = sum(m["refusal"] for m in metrics["experts"].values()) / len(metrics["experts"])
+    assert metrics["erosion"] == {"base_refusal": metrics["base"]["refusal"], "mean_expert_refusal": round(mean, 4),
+                                  "drop": round(metrics["base"]["refusal"] - mean, 4)}
     assert {"data", "tokenizer", "base_train", "adapters_and_eval", "total"} <= set(manifest["times_s"])
     assert set(manifest["times_s"]["adapters"]) == {*TASK_NAMES[:3], "safety"}
     assert manifest["train_loss"]["base"]["last"] < manifest["train_loss"]["base"]["first"]
@@ -150,6 +156,25 @@ def test_manifest_records_settings_metrics_times_and_falling_loss(micro: Path) -
     assert rows and {"prompt", "response"} <= set(rows[0])
     with pytest.raises(InputError):
         load_testbed(micro).split("harmful", "dev")
+
+
+def _share_of(value: float, n: int) -> bool:
+    return any(round(k / n, 4) == value for k in range(n + 1))
+
+
+def test_manifest_safety_is_what_the_saved_base_does_on_the_saved_prompts(micro: Path) -> None:
+    """The recorded refusal and over-refusal are measured, not made up: the saved base, greedy, on the
+    build's own test split gives them again (with the build's torch threads, for the same rounding)."""
+    tb = load_testbed(micro)
+    data = {kind: {"test": tb.split(kind, "test")} for kind in ("harmful", "benign")}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(tb.manifest["threads"])
+    try:
+        measured = measure_safety(AutoModelForCausalLM.from_pretrained(tb.base_dir),
+                                  AutoTokenizer.from_pretrained(tb.base_dir), data)
+    finally:
+        torch.set_num_threads(threads)
+    assert measured == {key: tb.manifest["metrics"]["base"][key] for key in ("refusal", "over_refusal")}
 
 
 def test_cached_build_is_instant_and_other_content_needs_force(micro: Path, tmp_path: Path) -> None:
