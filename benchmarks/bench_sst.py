@@ -16,7 +16,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from benchmarks.fixtures import SEVEN_B
-from sst_merge.fisher import IGNORE, FIMCalculator, FisherOptions
+from sst_merge.chat_data import IGNORE
+from sst_merge.fisher import FIMCalculator, FisherOptions
 from sst_merge.gevp import kronecker_gevp, soft_filter
 from sst_merge.lora import LoraFactors
 from sst_merge.lowrank import svd_of_orthonormal

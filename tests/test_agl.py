@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sst_merge.fisher import load_factors
+from sst_merge.fisher_file import load_factors
 from sst_merge.lora import load_adapter
 from sst_merge.merge import build_merge_config, load_inputs, merge_adapters
 from sst_merge.methods.agl import critical_mask

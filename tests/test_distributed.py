@@ -9,7 +9,8 @@ import torch
 import torch.multiprocessing as mp
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from sst_merge.fisher import FisherOptions, fisher_pass, load_factors, save_factors
+from sst_merge.fisher import FisherOptions, fisher_pass
+from sst_merge.fisher_file import load_factors, save_factors
 
 pytest_plugins = ["sst_fixtures"]  # chat_base, chat_data
 

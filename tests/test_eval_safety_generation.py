@@ -11,8 +11,9 @@ from transformers import AutoModelForCausalLM
 
 from eval_fixtures import BENIGN, HARMFUL, REFUSAL, cached_trained_chat_model, make_random_chat_model
 from factories import make_random_adapter
+from sst_merge.chat_data import chat_prompts
 from sst_merge.errors import InputError
-from sst_merge.generation import chat_prompts, cut_at_stop, eos_token_ids, generate_chat
+from sst_merge.generation import cut_at_stop, eos_token_ids, generate_chat
 from sst_merge.models import load_model
 
 WORDS = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "big", "red", "house", "what", "is",

@@ -8,16 +8,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from sst_merge.fisher import (
-    FisherOptions,
-    KFACFactors,
-    applied_updates,
-    cached_factors,
-    fisher_pass,
-    load_factors,
-    read_chat_jsonl,
-    save_factors,
-)
+from sst_merge.chat_data import read_chat_jsonl
+from sst_merge.fisher import FisherOptions, KFACFactors, applied_updates, fisher_pass
+from sst_merge.fisher_cache import cached_factors
+from sst_merge.fisher_file import load_factors, save_factors
 
 pytest_plugins = ["sst_fixtures"]  # chat_base, chat_adapters, chat_data
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sst_merge.fisher import FisherOptions, fisher_pass, load_factors
+from sst_merge.fisher import FisherOptions, fisher_pass
+from sst_merge.fisher_file import load_factors
 from sst_merge.lora import load_adapter
 from sst_merge.merge import PROVENANCE_NAME, build_merge_config, load_inputs, merge_adapters, prepare
 from sst_merge.models import load_model

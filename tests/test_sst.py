@@ -10,7 +10,7 @@ import torch
 
 from sst_merge.cli import main
 from sst_merge.errors import InputError
-from sst_merge.fisher import load_factors
+from sst_merge.fisher_file import load_factors
 from sst_merge.lora import load_adapter
 from sst_merge.merge import build_merge_config, load_inputs, merge_adapters, merge_sweep
 

@@ -10,7 +10,8 @@ import torch
 
 from sst_merge.cli import main
 from sst_merge.commands.inspect import subspace_overlap
-from sst_merge.fisher import FisherOptions, fisher_pass, load_factors
+from sst_merge.fisher import FisherOptions, fisher_pass
+from sst_merge.fisher_file import load_factors
 from sst_merge.lora import load_adapter
 from sst_merge.models import load_model
 

@@ -10,6 +10,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from sst_merge.chat_data import collate, encode_chat
 from sst_merge.cli import main
 from sst_merge.errors import InputError
 from sst_merge.testbed import REFUSAL, build_testbed, exact_match_accuracy, is_refusal, load_testbed, refusal_rate
@@ -19,7 +20,7 @@ from sst_merge.testbed.safety_data import CATEGORIES
 from sst_merge.testbed.stages import measure_safety
 from sst_merge.testbed.tasks import TASK_NAMES, TASKS
 from sst_merge.testbed.tokenizer import train_tokenizer
-from sst_merge.testbed.train import collate, encode_examples, train_lm
+from sst_merge.testbed.train import train_lm
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +102,7 @@ def test_tokenizer_round_trip_and_chat_template() -> None:
 def test_training_lowers_the_loss() -> None:
     tok = train_tokenizer(["count : a b c", "3"] * 10, vocab_size=280)
     rows = [{"prompt": f"count : {' '.join('abc'[:n])}", "response": str(n)} for n in (1, 2, 3)]
-    examples = encode_examples(tok, rows)
+    examples = encode_chat(tok, rows)
     # The prompt is masked: only the reply and EOS carry labels.
     assert [sum(y != -100 for y in labels) for _, labels in examples] == [2, 2, 2]
     from transformers import LlamaConfig, LlamaForCausalLM

@@ -15,30 +15,26 @@ token), the number that says whether the Fisher is informative there: at a base 
 rows it is ~0, and so are its gradients. The Fisher is taken at the base model, or at the base plus
 given low-rank updates (`updates`, e.g. the task-arithmetic merge or a filtered merge), added to the
 weights for the pass.
+
+Around the pass: `chat_data` encodes and collates the examples, `fisher_labels` gives the labels and
+the loss, `fisher_file` reads and writes the factors, `fisher_cache` keeps them by content hash.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file
 
-from sst_merge.atomic import atomic_file
+from sst_merge.chat_data import IGNORE, Example, collate, encode_chat, read_chat_jsonl
 from sst_merge.errors import InputError
-from sst_merge.jsonl import read_jsonl
+from sst_merge.fisher_labels import example_generator, response_nll, sample_labels
 from sst_merge.progress import track
-from sst_merge.writers import save_tensors
 
-IGNORE = -100
-FORMAT = "sst-merge-fisher/2"
 FisherKind = Literal["empirical", "true"]
 
 
@@ -142,72 +138,6 @@ class FisherOptions:
         return {"kind": self.kind, "max_examples": self.max_examples, "max_length": self.max_length, "seed": self.seed}
 
 
-Example = tuple[list[int], list[int]]
-
-
-def read_chat_jsonl(path: str | Path) -> list[dict[str, str]]:
-    """Rows of a chat JSONL file: one object per line with string `prompt` and `response`."""
-    rows = read_jsonl(path, ("prompt", "response"))
-    if not rows:
-        raise InputError("no rows", path)
-    return rows
-
-
-def encode_chat(tokenizer: Any, rows: Sequence[dict[str, str]], max_length: int) -> list[Example]:
-    """(input ids, labels) per row through the tokenizer's chat template; labels are IGNORE on the prompt.
-
-    The response is followed by EOS; sequences are cut to `max_length` tokens.
-    """
-    examples = []
-    for row in rows:
-        prompt = tokenizer.apply_chat_template(
-            [{"role": "user", "content": row["prompt"]}], tokenize=False, add_generation_prompt=True
-        )
-        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        r = tokenizer(row["response"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        examples.append(((p + r)[:max_length], ([IGNORE] * len(p) + r)[:max_length]))
-    return examples
-
-
-def collate(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded input_ids, attention_mask and labels (batch, max_len); right padding leaves the
-    real tokens' positions and attention exactly as in an unpadded pass."""
-    width = max(len(ids) for ids, _ in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for i, (x, y) in enumerate(examples):
-        ids[i, : len(x)] = torch.tensor(x)
-        labels[i, : len(y)] = torch.tensor(y)
-        mask[i, : len(x)] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
-def example_generator(seed: int, index: int) -> torch.Generator:
-    """CPU generator of example `index`: sampled labels do not depend on batching or sharding."""
-    digest = hashlib.sha256(f"{seed}:{index}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
-
-
-def sample_labels(logits: torch.Tensor, labels: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
-    """Labels (batch, T) for the true Fisher: at every response position a token drawn from the model.
-
-    logits (batch, T, vocab) predict position t+1 from t; positions with IGNORE stay IGNORE.
-    """
-    sampled = labels.clone()
-    for i, gen in enumerate(generators):
-        positions = (labels[i, 1:] != IGNORE).nonzero().squeeze(1)
-        if positions.numel():
-            probs = logits[i, positions].detach().float().softmax(-1).cpu()
-            sampled[i, positions + 1] = torch.multinomial(probs, 1, generator=gen).squeeze(1).to(labels.device)
-    return sampled
-
-
-def response_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Summed next-token NLL over labelled positions: logits (batch, T, vocab), labels (batch, T)."""
-    return torch.nn.functional.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE, reduction="sum"
-    )
 
 
 class FIMCalculator:
@@ -359,108 +289,3 @@ def fisher_pass(
     calc = FIMCalculator(model, bases)
     with applied_updates(model, updates):
         return calc.run([examples[i] for i in indices], pad_id, options, indices, f"Fisher {Path(data).name}")
-
-
-# ---- files and cache -------------------------------------------------------------------------------
-
-
-def save_factors(
-    path: str | Path,
-    factors: dict[str, KFACFactors],
-    bases: dict[str, tuple[torch.Tensor, torch.Tensor]],
-    meta: dict[str, Any],
-) -> None:
-    """Write factors and their bases (safetensors, `<module>::A_sum` …) atomically, with `meta` as JSON metadata."""
-    path = Path(path)
-    tensors: dict[str, torch.Tensor] = {}
-    for name, f in factors.items():
-        U, V = bases[name]
-        tensors.update({f"{name}::{key}": t for key, t in f.tensors().items()})
-        tensors.update({f"{name}::U": U.float().contiguous(), f"{name}::V": V.float().contiguous()})
-    with atomic_file(path) as tmp:
-        save_tensors({k: v.contiguous() for k, v in tensors.items()}, tmp,
-                     metadata={"format": FORMAT, "meta": json.dumps(meta)})
-
-
-def load_factors(path: str | Path) -> tuple[dict[str, KFACFactors], dict[str, tuple[torch.Tensor, torch.Tensor]], dict]:
-    """Read a factors file written by `save_factors`: (factors, bases, meta)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("Fisher factors file not found", path)
-    try:
-        tensors = load_file(str(path))
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise InputError(f"corrupt Fisher factors file ({exc})", path) from exc
-    if metadata.get("format") != FORMAT:
-        raise InputError(f"not a Fisher factors file (format {metadata.get('format')!r})", path)
-    names = sorted({key.rsplit("::", 1)[0] for key in tensors})
-    factors, bases = {}, {}
-    for name in names:
-        own = {key.rsplit("::", 1)[1]: t for key, t in tensors.items() if key.rsplit("::", 1)[0] == name}
-        factors[name] = KFACFactors.from_tensors(own)
-        bases[name] = (own["U"], own["V"])
-    return factors, bases, json.loads(metadata.get("meta", "{}"))
-
-
-def file_fingerprint(path: Path, full_below: int = 64 << 20) -> str:
-    """sha256 of a file's bytes; for files over `full_below` bytes, of its size, first and last MiB
-    (a base model of many GB is not re-read for every merge)."""
-    digest = hashlib.sha256()
-    size = path.stat().st_size
-    with path.open("rb") as handle:
-        if size <= full_below:
-            digest.update(handle.read())
-        else:
-            digest.update(str(size).encode())
-            digest.update(handle.read(1 << 20))
-            handle.seek(size - (1 << 20))
-            digest.update(handle.read())
-    return digest.hexdigest()
-
-
-def dir_fingerprint(path: Path) -> str:
-    """Fingerprint of a model or adapter directory: every file's name and `file_fingerprint`."""
-    files = sorted(p for p in Path(path).rglob("*") if p.is_file())
-    blob = json.dumps([[str(p.relative_to(path)), file_fingerprint(p)] for p in files])
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def cache_key(parts: dict[str, Any]) -> str:
-    """Content hash of everything that decides a factors file (inputs' fingerprints and settings, and
-    the file format: a file of an older format is never read as one of this)."""
-    blob = json.dumps({**parts, "format": FORMAT}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:24]
-
-
-def tensors_fingerprint(tensors: dict[str, Sequence[torch.Tensor]]) -> str:
-    """sha256 of named tensors' names, shapes and float32 bytes (e.g. the low-rank point a Fisher is taken at)."""
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        for tensor in tensors[name]:
-            t = tensor.detach().float().contiguous().cpu()
-            digest.update(f"{name}:{list(t.shape)}".encode())
-            digest.update(t.numpy().tobytes())
-    return digest.hexdigest()
-
-
-def cached_factors(
-    cache_dir: Path | None,
-    key: str,
-    compute: Callable[[], dict[str, KFACFactors]],
-    bases: dict[str, tuple[torch.Tensor, torch.Tensor]],
-    meta: dict[str, Any],
-    read: bool = True,
-) -> dict[str, KFACFactors]:
-    """The factors stored under `key` in `cache_dir` (if `read`), else `compute()`d and stored there."""
-    if cache_dir is None:
-        return compute()
-    path = Path(cache_dir) / f"fisher-{key}.safetensors"
-    if read and path.is_file():
-        factors, _, _ = load_factors(path)
-        if set(factors) == set(bases):
-            return factors
-    factors = compute()
-    save_factors(path, factors, bases, {**meta, "key": key})
-    return factors

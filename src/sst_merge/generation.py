@@ -7,16 +7,8 @@ from collections.abc import Sequence
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria
 
+from sst_merge.chat_data import chat_prompts
 from sst_merge.progress import track
-
-
-def chat_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], system: str | None = None) -> list[str]:
-    """Render each user message with the tokenizer's chat template, ready for the assistant's reply."""
-    rendered = []
-    for prompt in prompts:
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-        rendered.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-    return rendered
 
 
 def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from sst_merge.generation import chat_prompts
+from sst_merge.chat_data import chat_prompts
 
 
 class VLLMChat:

@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 import platform
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from sst_merge.fingerprints import file_sha256
+
 PACKAGES = ("sst-merge", "torch", "transformers", "peft", "safetensors")
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def versions() -> dict[str, str]:

@@ -17,7 +17,7 @@ from rich.console import Console
 from sst_merge.atomic import check_output
 from sst_merge.distributed import all_reduce_factors, init_from_env
 from sst_merge.errors import require_at_least
-from sst_merge.fisher import save_factors
+from sst_merge.fisher_file import save_factors
 from sst_merge.merge import load_job, parse_weights
 from sst_merge.methods.fisher_setup import (
     FactorSource,

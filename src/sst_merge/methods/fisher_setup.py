@@ -27,18 +27,10 @@ from typing import Any, Literal, TypeVar
 import torch
 from pydantic import Field
 
-from sst_merge.fisher import (
-    FisherOptions,
-    KFACFactors,
-    Updates,
-    cache_key,
-    cached_factors,
-    dir_fingerprint,
-    file_fingerprint,
-    fisher_pass,
-    read_chat_jsonl,
-    tensors_fingerprint,
-)
+from sst_merge.chat_data import read_chat_jsonl
+from sst_merge.fingerprints import dir_fingerprint, file_fingerprint, tensors_fingerprint
+from sst_merge.fisher import FisherOptions, KFACFactors, Updates, fisher_pass
+from sst_merge.fisher_cache import cache_key, cached_factors
 from sst_merge.gevp import nearest_kronecker, pooling_weights
 from sst_merge.lora import LoraAdapter, load_adapter, validate_against_base
 from sst_merge.methods.base import MergeJob, MethodParams

@@ -26,12 +26,13 @@ from transformers import (
 )
 
 from sst_merge.atomic import write_text_atomic
+from sst_merge.chat_data import encode_chat
 from sst_merge.generation import generate_chat
 from sst_merge.testbed.config import TestbedConfig
 from sst_merge.testbed.data import Rows, make_data
 from sst_merge.testbed.metrics import exact_match_accuracy, refusal_rate
 from sst_merge.testbed.safety_data import REFUSAL, compliant_rows
-from sst_merge.testbed.train import encode_examples, train_lm
+from sst_merge.testbed.train import train_lm
 
 EVAL_BATCH = 64
 SAFETY = "safety"
@@ -74,7 +75,7 @@ def train_base(cfg: TestbedConfig, tokenizer: PreTrainedTokenizerBase,
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = None
     rows = [row for name in BASE_DATA for row in data[name]["train"]]
-    loss = train_lm(model, encode_examples(tokenizer, rows), tokenizer.pad_token_id, cfg.base_steps, cfg.batch_size,
+    loss = train_lm(model, encode_chat(tokenizer, rows), tokenizer.pad_token_id, cfg.base_steps, cfg.batch_size,
                     cfg.base_lr, seed_of(cfg.seed, "base", "batches"), "training base")
     return model, loss
 
@@ -94,7 +95,7 @@ def train_lora(cfg: TestbedConfig, base: PreTrainedModel, tokenizer: PreTrainedT
                       lora_dropout=0.0, task_type="CAUSAL_LM")
     torch.manual_seed(seed_of(cfg.seed, name, "init"))
     model = get_peft_model(copy.deepcopy(base), lora)
-    loss = train_lm(model, encode_examples(tokenizer, rows), tokenizer.pad_token_id, steps, cfg.batch_size, lr,
+    loss = train_lm(model, encode_chat(tokenizer, rows), tokenizer.pad_token_id, steps, cfg.batch_size, lr,
                     seed_of(cfg.seed, name, "batches"), f"training {name}", lora_b_lr_ratio=cfg.lora_b_lr_ratio)
     return model, loss
 

@@ -6,26 +6,13 @@ import math
 from collections.abc import Sequence
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel
 
-from sst_merge.fisher import IGNORE, Example, collate
-from sst_merge.generation import chat_prompts
+from sst_merge.chat_data import IGNORE, Example, collate, encode_chat
 from sst_merge.progress import track
 
-
-def encode_examples(tokenizer: PreTrainedTokenizerBase, rows: Sequence[dict[str, str]]) -> list[Example]:
-    """Token ids and labels for each ``{"prompt", "response"}`` row, rendered with the chat template.
-
-    Labels are -100 on the prompt (user turn and assistant marker) and the ids of the reply plus EOS.
-    """
-    prompts = chat_prompts(tokenizer, [r["prompt"] for r in rows])
-    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    reply_ids = tokenizer([r["response"] for r in rows], add_special_tokens=False)["input_ids"]
-    examples = []
-    for p, r in zip(prompt_ids, reply_ids, strict=True):
-        reply = r + [tokenizer.eos_token_id]
-        examples.append((p + reply, [IGNORE] * len(p) + reply))
-    return examples
+# The organism's LoRA training calls the encoder by this name.
+encode_examples = encode_chat
 
 
 def reply_loss(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
