@@ -55,6 +55,8 @@ def test_organism_kind_runs_every_method(organism: Path, tmp_path: Path):
     assert main(["experiment", "--config", str(path), "--mode", "minimal", "--model", "org", "--output", str(out),
                  "--experiment", "all"]) == 0
     results = json.loads((out / "results.json").read_text())
+    # The safety Fisher never sees the prompts the validation refusal is measured on (harmful/val).
+    assert "safety-fisher harmful/test" in json.loads((out / "run_identity.json").read_text())["subject"]
     base = results["references"]["base"]
     # Test split = AdvBench + HarmBench (refusal) and XSTest safe + JBB benign (over-refusal).
     assert base["test"]["refusal"]["n"] == 5 and base["test"]["over_refusal"]["n"] == 5

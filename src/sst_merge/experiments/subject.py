@@ -122,9 +122,16 @@ def _organism_subject(name: str, spec: ModelSpec, data: DatasetSpec, max_experts
     evaluator = ChatEvaluator(organism_data(organism, tasks, data.organism), batch_size=spec.batch_size,
                               max_new_tokens=spec.max_new_tokens)
     # The safety Fisher on held-out harmful prompts with refusals: the base never trained on them (its
-    # alignment rows are data/harmful/train), so the refusal loss there is alive.
-    fingerprint = f"organism {organism.manifest.get('recipe_hash')} {organism.root}"
-    return layout_subject(name, spec, organism, tasks, "val", evaluator, fingerprint, organism.root / "original")
+    # alignment rows are data/harmful/train), so the refusal loss there is alive. Not harmful/val: the
+    # validation refusal is measured there, and a filter must not be chosen on the prompts it was fitted
+    # to (on the real organism, SST β = 1 with its Fisher on harmful/val refused 0.80 of harmful/val and
+    # 0.10 of AdvBench + HarmBench). harmful/test is otherwise unused: the experiments' test split is
+    # AdvBench + HarmBench.
+    fisher_split = "test"
+    recipe = organism.manifest.get("recipe_hash")
+    fingerprint = f"organism {recipe} {organism.root} safety-fisher harmful/{fisher_split}"
+    return layout_subject(name, spec, organism, tasks, fisher_split, evaluator, fingerprint,
+                          organism.root / "original")
 
 
 def layout_subject(name: str, spec: ModelSpec, organism: Any, tasks: list[str], safety_split: str,
