@@ -161,10 +161,12 @@ class ExperimentConfig(Strict):
     @model_validator(mode="after")
     def _scale_sources(self) -> ExperimentConfig:
         for label, spec in self.methods.items():
-            source = self.methods.get(spec.scale_from) if spec.scale_from else None
-            if spec.scale_from and source is None:
+            if spec.scale_from is None:
+                continue
+            source = self.methods.get(spec.scale_from)
+            if source is None:
                 raise ValueError(f"methods.{label}.scale_from: no method {spec.scale_from!r}")
-            if source is not None and source.scale_from:
+            if source.scale_from:
                 raise ValueError(f"methods.{label}.scale_from: {spec.scale_from!r} takes its own scale from "
                                  "another method; name that one")
         return self

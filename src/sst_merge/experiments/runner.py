@@ -117,8 +117,7 @@ def with_source_scale(spec: MethodSpec, sweeps: dict[str, list[dict[str, Any]]])
     safest fallback would hand it a broken merge when no unfiltered scale keeps refusal)."""
     if spec.scale_from is None:
         return spec
-    best = max(sweeps[spec.scale_from],
-               key=lambda r: (r["val"]["normalized_accuracy"] or 0.0, r["val"]["refusal"]["value"]))
+    best = select(sweeps[spec.scale_from], base_refusal=0.0, floor=0.0)  # no refusal floor: best utility
     return spec.model_copy(update={"scale": best["scale"]})
 
 
@@ -313,10 +312,10 @@ class Selection:
     chosen: dict[str, dict[str, Any]]
 
     def cell(self, label: str, k: int, seed: int = 0) -> Cell:
-        """The merge cell of method `label` at its chosen setting with `k` experts."""
+        """The merge cell of method `label` at its chosen setting (and the scale it was swept at) with `k` experts."""
         row = self.chosen[label]
-        return merge_cell(label, with_source_scale(self.config.methods[label], self.sweeps), k,
-                          {row["param"]: row["value"]}, seed=seed)
+        return merge_cell(label, self.config.methods[label], k, {"scale": row["scale"], row["param"]: row["value"]},
+                          seed=seed)
 
 
 def select_settings(runner: Runner, mode: Mode, methods: dict[str, MethodSpec], k: int,
@@ -375,7 +374,7 @@ def exp3(runner: Runner, mode: Mode, k: int, methods: dict[str, MethodSpec], sel
         runs = [summary_rows(runner.record(selection.cell(label, k, seed)), experts) for seed in seeds]
         table.append({"method": label, "k": k, "seeds": seeds, "runs": runs,
                       "chosen": selection.chosen[label]["value"], "param": selection.chosen[label]["param"],
-                      "scale": selection.cell(label, k).scale})
+                      "scale": selection.chosen[label]["scale"]})
     reference = next((e for e in table if e["method"] == "TA"), None)
 
     def first_run(entry: dict[str, Any]) -> dict[str, Any]:
