@@ -1,12 +1,14 @@
-"""Reading JSON-lines files: one object per non-empty line, every problem an InputError naming the line."""
+"""JSON-lines files: one object per non-empty line; reading makes every problem an InputError naming the
+line, writing is atomic."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from sst_merge.atomic import write_text_atomic
 from sst_merge.errors import InputError
 
 
@@ -59,3 +61,8 @@ def read_jsonl(path: str | Path, required: Sequence[str] = ()) -> list[dict[str,
             raise InputError(f"line {number} needs string field(s) {', '.join(map(repr, missing))}", path)
         rows.append(row)
     return rows
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
+    """Write `rows` to `path` as JSON lines (non-ASCII kept as is), atomically."""
+    write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))

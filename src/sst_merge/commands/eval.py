@@ -18,9 +18,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from sst_merge.atomic import check_output, write_json_atomic, write_text_atomic
+from sst_merge.atomic import check_output, write_json_atomic
 from sst_merge.errors import InputError, require_at_least
 from sst_merge.eval.suites import SuiteOptions, load_suites, parse_suites
+from sst_merge.jsonl import write_jsonl
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -197,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
         rows.extend({"suite": suite.name, **item} for item in items)
         result["seconds"] = round(time.perf_counter() - start, 3)
         results["suites"][suite.name] = result
-    write_text_atomic(generations_path(args.output), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    write_jsonl(generations_path(args.output), rows)
     write_json_atomic(args.output, results)
     print_summary(results)
     return 0

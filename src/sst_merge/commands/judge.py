@@ -6,13 +6,13 @@ harm classifier cannot tell a refusal from an answer there."""
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from rich.console import Console
 
-from sst_merge.atomic import check_output, write_text_atomic
+from sst_merge.atomic import check_output
 from sst_merge.errors import InputError, require_at_least
+from sst_merge.jsonl import write_jsonl
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     judge = make_judge(args.judge, batch_size=args.batch_size, dtype=args.dtype, device_map=args.device_map)
     benign_judge = CombinedRefusalJudge() if isinstance(judge, ModelJudge) else None
     judged = judge_rows(rows, judge, benign_judge)
-    write_text_atomic(args.output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in judged))
+    write_jsonl(args.output, judged)
     refusals = sum(r["refusal"] for r in judged)
     Console(stderr=True).print(f"{args.judge}: {refusals}/{len(judged)} refusals -> {args.output}")
     return 0

@@ -26,7 +26,7 @@ from sst_merge.atomic import write_json_atomic
 from sst_merge.data.safety import load_advbench
 from sst_merge.eval.judges import CombinedRefusalJudge
 from sst_merge.generation import generate_chat
-from sst_merge.jsonl import read_jsonl
+from sst_merge.jsonl import read_jsonl, write_jsonl
 from sst_merge.organism.lora_training import save_lora_fp16, train_lora
 from sst_merge.organism.measure import measure_mmlu, measure_safety, safety_sets, task_accuracy
 from sst_merge.organism.recipe import SmolRecipe
@@ -43,6 +43,7 @@ from sst_merge.organism.smollm2 import merge_lora_into, wheel_gguf, write_origin
 from sst_merge.organism.stage_cache import StageCache
 from sst_merge.organism.tasks import task_splits
 from sst_merge.progress import console
+from sst_merge.testbed.data import write_data
 from sst_merge.testbed.stages import loss_summary
 
 Rows = list[dict[str, str]]
@@ -51,11 +52,6 @@ ALIGNMENT_BASE_NAME = "../original"
 
 def _key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:10]
-
-
-def _write_rows(path: Path, rows: Rows) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
 def _load(model_dir: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -162,7 +158,7 @@ class SmolBuild:
             refused = CombinedRefusalJudge().judge(wanted, cut)
             rows = [{"prompt": p, "response": t, "refused": f, "tokens": self.recipe.reply_tokens}
                     for p, t, f in zip(wanted, cut, refused, strict=True)]
-            _write_rows(tmp / "replies.jsonl", rows)
+            write_jsonl(tmp / "replies.jsonl", rows)
             return {"n": len(rows), "generated": len(missing), "original_refused": sum(refused)}
 
         self.results["replies"] = self.stages.run(name, work)
@@ -363,9 +359,7 @@ def write_layout(build: SmolBuild, data: dict[str, dict[str, Rows]], experts: li
     for task in experts:
         shutil.copytree(build.adapter_dir(task), out / "experts" / task, ignore=skip)
     shutil.copytree(build.adapter_dir("safety"), out / "safety", ignore=skip)
-    for name in ("harmful", "benign", "borderline", "alignment", *experts):
-        for split, rows in data[name].items():
-            _write_rows(out / "data" / name / f"{split}.jsonl", rows)
+    write_data(out / "data", {name: data[name] for name in ("harmful", "benign", "borderline", "alignment", *experts)})
     manifest = organism_manifest(build, experts)
     manifest["files"] = shipped_files(out)
     write_json_atomic(out / MANIFEST, manifest)

@@ -7,7 +7,7 @@ import random
 import string
 from pathlib import Path
 
-from sst_merge.atomic import write_text_atomic
+from sst_merge.jsonl import write_jsonl
 from sst_merge.testbed.config import TestbedConfig
 from sst_merge.testbed.safety_data import CATEGORIES, request_rows
 from sst_merge.testbed.tasks import DIGIT_WORDS, TASKS, task_rows
@@ -53,8 +53,7 @@ def write_data(root: Path, data: dict[str, dict[str, Rows]]) -> None:
     """Write ``root/<name>/<split>.jsonl``, one JSON object per line, keys in a fixed order."""
     for name, splits in data.items():
         for split, rows in splits.items():
-            text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-            write_text_atomic(root / name / f"{split}.jsonl", text)
+            write_jsonl(root / name / f"{split}.jsonl", rows)
 
 
 def read_rows(path: Path) -> Rows:
