@@ -12,9 +12,10 @@ from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sst_merge.atomic import write_text_atomic
+from sst_merge.chat_data import encode_chat
 from sst_merge.organism.recipe import LoraRecipe
 from sst_merge.testbed.stages import seed_of
-from sst_merge.testbed.train import encode_examples, train_lm
+from sst_merge.testbed.train import train_lm
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
@@ -27,7 +28,7 @@ def train_lora(base: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: 
                         task_type="CAUSAL_LM")
     torch.manual_seed(seed_of(seed, name, "init"))
     model = get_peft_model(base, config)
-    losses = train_lm(model, encode_examples(tokenizer, rows), tokenizer.pad_token_id, recipe.steps,
+    losses = train_lm(model, encode_chat(tokenizer, rows), tokenizer.pad_token_id, recipe.steps,
                       recipe.batch_size, recipe.lr, seed_of(seed, name, "batches"), f"training {name}")
     with torch.no_grad():
         for param_name, param in model.named_parameters():

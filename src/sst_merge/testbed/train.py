@@ -8,11 +8,8 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedModel
 
-from sst_merge.chat_data import IGNORE, Example, collate, encode_chat
+from sst_merge.chat_data import IGNORE, Example, collate
 from sst_merge.progress import track
-
-# The organism's LoRA training calls the encoder by this name.
-encode_examples = encode_chat
 
 
 def reply_loss(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
