@@ -74,3 +74,14 @@ def test_organism_kind_runs_every_method(organism: Path, tmp_path: Path):
     assert calibrated["resolved"]["beta"] > 0  # the calibrated β is recorded, not "None"
     assert next(r for r in sst_rows if r["value"] == 10.0)["resolved"]["beta"] == 10.0
     assert "None" not in (out / "report.md").read_text().split("exp3")[-1].split("\n\n")[0]
+    # Per-item outcomes are saved, and exp3 compares SST with every other method on the same items.
+    assert len(base["test"]["refusal"]["outcomes"]) == 5 and len(base["test"]["replies"]["harmful"]) == 5
+    paired = results["exp3"]["paired"]
+    assert paired["method"] == "SST-Merge" and set(paired["against"]) == {"TA", "AGL", "Safe LoRA"}
+    ta = paired["against"]["TA"]
+    assert ta["chosen"]["refusal"]["n"] == 5 and ta["chosen"]["over_refusal"]["n"] == 5
+    sst_cell = next(r for r in sst_rows if r["value"] == results["selection"]["chosen"]["SST-Merge"]["value"])
+    assert ta["matched"]["refusal"]["diff"] == pytest.approx(
+        sst_cell["test"]["refusal"]["value"]
+        - next(r for r in ta_rows if r["value"] == ta["matched"]["value"])["test"]["refusal"]["value"])
+    assert "minus each method, same test items" in (out / "report.md").read_text()

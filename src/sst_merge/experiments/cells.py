@@ -46,7 +46,11 @@ class CellStore:
 
     def get(self, cell: Cell) -> dict[str, Any] | None:
         """The saved record of `cell`, or None if it has not finished (a corrupt file counts as unfinished)."""
-        return read_record(self.path(cell))
+        return self.get_key(cell.key())
+
+    def get_key(self, key: str) -> dict[str, Any] | None:
+        """The saved record of the cell whose `Cell.key()` is `key`, or None."""
+        return read_record(self.root / f"{key}.json")
 
     def put(self, cell: Cell, record: dict[str, Any]) -> None:
         """Save the finished `cell` with its `record` (the cell itself is stored in it too)."""

@@ -42,12 +42,13 @@ class ChatEvaluator:
     def evaluate(
         self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, tasks: Sequence[str], safety: bool = True
     ) -> dict[str, Any]:
-        """{split: {"refusal", "over_refusal": rate, "tasks": {task: rate}, "judge": name}} for val and test.
+        """{split: {"refusal", "over_refusal": rate, "tasks": {task: rate}, "judge": name, "replies": {group:
+        [reply]}}} for val and test; each rate carries its per-item `outcomes` (`scored`).
 
-        Safety prompts are generated up to `max_new_tokens`; task prompts only up to their longest
-        reference answer plus a margin (an exact-match answer longer than that is wrong anyway), so a
-        batch of short answers does not wait for the longest chat reply. Without `safety` only the tasks
-        are scored (no refusal keys).
+        Safety prompts are generated up to `max_new_tokens`; task prompts up to their longest reference
+        answer plus a margin (an exact-match answer longer than that is wrong anyway), so a batch of
+        short answers does not wait for the longest chat reply, and a long answer is not cut. Without
+        `safety` only the tasks are scored (no refusal keys).
         """
         safety_groups: list[tuple[str, str, list[dict[str, str]]]] = []
         task_groups: list[tuple[str, str, list[dict[str, str]]]] = []
@@ -56,19 +57,22 @@ class ChatEvaluator:
                 safety_groups.append((split, "harmful", [{"prompt": p} for p in self.data.harmful[split]]))
                 safety_groups.append((split, "benign", [{"prompt": p} for p in self.data.benign[split]]))
             task_groups.extend((split, task, self.data.tasks[task][split]) for task in tasks)
-        result: dict[str, Any] = {split: {"tasks": {}, "judge": self.data.judge.name} for split in SPLITS}
+        result: dict[str, Any] = {split: {"tasks": {}, "judge": self.data.judge.name, "replies": {}}
+                                  for split in SPLITS}
         replies = self._generate(model, tokenizer, safety_groups, self.max_new_tokens, "evaluating safety")
         for (split, name, rows), got in zip(safety_groups, replies, strict=True):
             verdicts = self.data.judge.judge([row["prompt"] for row in rows], got)
-            result[split]["refusal" if name == "harmful" else "over_refusal"] = rate_metric(sum(verdicts), len(rows))
+            result[split]["refusal" if name == "harmful" else "over_refusal"] = scored(verdicts)
+            result[split]["replies"][name] = got
         if task_groups:
             references = [row["response"] for _, _, rows in task_groups for row in rows]
             longest = max(len(ids) for ids in tokenizer(references, add_special_tokens=False)["input_ids"])
-            budget = min(self.max_new_tokens, longest + 4)
+            budget = longest + 4  # not capped by max_new_tokens: that sizes the safety replies
             replies = self._generate(model, tokenizer, task_groups, budget, "evaluating tasks")
             for (split, name, rows), got in zip(task_groups, replies, strict=True):
-                hits = sum(is_exact_match(r, row["response"]) for r, row in zip(got, rows, strict=True))
-                result[split]["tasks"][name] = rate_metric(hits, len(rows))
+                result[split]["tasks"][name] = scored(
+                    [is_exact_match(r, row["response"]) for r, row in zip(got, rows, strict=True)])
+                result[split]["replies"][name] = got
         return result
 
     def _generate(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
@@ -82,6 +86,12 @@ class ChatEvaluator:
             out.append(replies[offset : offset + len(rows)])
             offset += len(rows)
         return out
+
+
+def scored(verdicts: Sequence[bool]) -> dict[str, Any]:
+    """A rate (`rate_metric`) with its per-item `outcomes` (1/0 in prompt order): two models scored on the
+    same prompts can then be compared item by item (paired bootstrap)."""
+    return {**rate_metric(sum(verdicts), len(verdicts)), "outcomes": [int(v) for v in verdicts]}
 
 
 def testbed_data(

@@ -194,9 +194,42 @@ def _exp3(results: dict[str, Any], exp_dir: Path) -> list[str]:
     table = markdown_table(["method", "setting", "refusal", "over-refusal", "norm. acc", "acc"], rows)
     write_text_atomic(exp_dir / "table.md", table + "\n")
     out = [f"## exp3: baseline comparison (K = {results['exp3']['k']}, test split)", "", table]
+    if results["exp3"].get("paired"):
+        out += ["", *_paired(results["exp3"]["paired"])]
     if results["exp3"].get("safety_tax"):
         out += ["", tax_markdown(results["exp3"]["safety_tax"]).replace("## ", "### ")]
     return out
+
+
+def fmt_diff(diff: dict[str, Any] | None) -> str:
+    """`+0.150 [+0.050, +0.250]` for a paired difference, `*` when its interval excludes 0."""
+    if not diff:
+        return "–"
+    low, high = diff["ci"]
+    return f"{diff['diff']:+.3f} [{low:+.3f}, {high:+.3f}]{' *' if diff['excludes_zero'] else ''}"
+
+
+def _paired(paired: dict[str, Any]) -> list[str]:
+    ours = paired["method"]
+    rows = []
+    for label, entry in paired["against"].items():
+        for kind in ("chosen", "matched"):
+            diff = entry.get(kind)
+            if kind not in entry:
+                continue
+            setting = "chosen setting" if kind == "chosen" else (
+                "matched utility: " + fmt_setting(diff["param"], diff["value"], None, diff["scale"]) if diff else "–")
+            diff = diff or {}
+            rows.append([label, setting, fmt_diff(diff.get("refusal")), fmt_diff(diff.get("over_refusal")),
+                         fmt_diff(diff.get("normalized_accuracy"))])
+    return [
+        f"### {ours} minus each method, same test items (paired bootstrap 95 %; * = interval excludes 0)",
+        "",
+        f"Matched utility: the method's swept setting whose validation normalised accuracy is nearest {ours}'s "
+        "from above (else nearest below); chosen on validation, compared on test.",
+        "",
+        markdown_table(["method", "its setting", "Δ refusal", "Δ over-refusal", "Δ norm. acc"], rows),
+    ]
 
 
 def write_report(results: dict[str, Any], run_dir: Path, config: ExperimentConfig) -> Path:
@@ -208,15 +241,15 @@ def write_report(results: dict[str, Any], run_dir: Path, config: ExperimentConfi
         f"Run `{run['id']}`: {run['cells_computed']} cells computed, {run['cells_reused']} reused, "
         f"{run['seconds']} s. Every number was computed in this run from generated replies; rates carry "
         "their Wilson 95 % interval and n.",
-        "",
-        *_references(results),
     ]
-    sections = {"exp1": _exp1, "exp2": _exp2, "exp3": _exp3}
+    # The comparison leads; exp1's section carries the Pareto plot and the safety tax of every setting.
+    sections = {"exp3": _exp3, "exp1": _exp1, "exp2": _exp2}
     for name, section in sections.items():
         if name in results:
             exp_dir = run_dir / config.experiments[name].output_dir
             exp_dir.mkdir(parents=True, exist_ok=True)
             out += ["", *section(results, exp_dir)]
+    out += ["", *_references(results)]
     path = run_dir / "report.md"
     write_text_atomic(path, "\n".join(out) + "\n")
     return path

@@ -20,6 +20,7 @@ from sst_merge.errors import InputError
 from sst_merge.eval.safety_tax import SafetyTaxCalculator, Setting
 from sst_merge.experiments.cells import Cell, CellStore, merge_summary, resolved_of
 from sst_merge.experiments.config import ExperimentConfig, MethodSpec, Mode
+from sst_merge.experiments.paired import matched_utility_row, paired_difference
 from sst_merge.experiments.subject import Subject, resolve_subject
 from sst_merge.merge import MergeConfig, merge_adapters
 from sst_merge.methods import get_method
@@ -308,6 +309,7 @@ class Selection:
     run the chosen settings."""
 
     config: ExperimentConfig
+    k: int
     sweeps: dict[str, list[dict[str, Any]]]
     chosen: dict[str, dict[str, Any]]
 
@@ -335,7 +337,7 @@ def select_settings(runner: Runner, mode: Mode, methods: dict[str, MethodSpec], 
             sweeps[label].append({"param": param, "value": value, "cell": cell.key(), "scale": cell.scale,
                                   **summary_rows(runner.record(cell), experts)})
         chosen[label] = select(sweeps[label], base_val_refusal, config.selection.safety_floor)
-    return Selection(config, {label: sweeps[label] for label in methods}, chosen)
+    return Selection(config, k, {label: sweeps[label] for label in methods}, chosen)
 
 
 def exp1(k: int, selection: Selection) -> dict[str, Any]:
@@ -388,7 +390,39 @@ def exp3(runner: Runner, mode: Mode, k: int, methods: dict[str, MethodSpec], sel
         "safety_tax": safety_tax([(e["method"], first_run(e)) for e in table], ("TA", first_run(reference)))
         if reference
         else None,
+        "paired": paired_comparisons(runner, k, methods, selection, experts),
     }
+
+
+def paired_comparisons(runner: Runner, k: int, methods: dict[str, MethodSpec], selection: Selection,
+                       experts: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """SST-Merge at its chosen setting against every other method on the same test items (paired
+    bootstrap of the differences, `paired_difference`): at that method's chosen setting, and at matched
+    utility (its swept setting whose validation utility is nearest SST's from above, `matched_utility_row`).
+    None without an SST method."""
+    ours = next((label for label, spec in methods.items() if spec.method == "sst"), None)
+    if ours is None:
+        return None
+    our_record = runner.record(selection.cell(ours, k))
+    our_val = selection.chosen[ours]["val"]["normalized_accuracy"] or 0.0
+    against: dict[str, Any] = {}
+    for label in methods:
+        if label == ours:
+            continue
+        entry: dict[str, Any] = {"chosen": paired_difference(our_record, runner.record(selection.cell(label, k)),
+                                                             experts)}
+        rows = selection.sweeps.get(label, [])
+        if rows and selection.k == k:
+            row = matched_utility_row(rows, our_val)
+            record = runner.store.get_key(row["cell"])
+            entry["matched"] = None if record is None else {
+                "param": row["param"], "value": row["value"], "scale": row["scale"],
+                "val_normalized_accuracy": row["val"]["normalized_accuracy"],
+                **(paired_difference(our_record, record, experts) or {}),
+            }
+        against[label] = entry
+    return {"method": ours, "setting": {key: selection.chosen[ours][key] for key in ("param", "value", "scale")},
+            "against": against}
 
 
 def _setting(label: str, row: dict[str, Any]) -> Setting:
@@ -400,6 +434,7 @@ def _setting(label: str, row: dict[str, Any]) -> Setting:
         safety=test["refusal"]["value"],
         safety_successes=test["refusal"]["successes"],
         safety_n=test["refusal"]["n"],
+        safety_outcomes=tuple(test["refusal"]["outcomes"]) if "outcomes" in test["refusal"] else None,
     )
 
 
