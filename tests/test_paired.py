@@ -44,8 +44,8 @@ def test_paired_difference_needs_the_same_items():
     assert paired_difference(a, legacy, EXPERTS) is None
 
 
-def test_matched_utility_row_prefers_at_least_as_useful():
+def test_matched_utility_row_prefers_no_more_useful():
     rows = [{"value": v, "val": {"normalized_accuracy": u}} for v, u in [(0.25, 0.30), (0.5, 0.40), (1.0, 0.10)]]
-    assert matched_utility_row(rows, 0.35)["value"] == 0.5  # 0.30 is nearer but less useful
-    assert matched_utility_row(rows, 0.45)["value"] == 0.5  # none as useful: the nearest
-    assert matched_utility_row(rows, 0.05)["value"] == 1.0
+    assert matched_utility_row(rows, 0.38)["value"] == 0.25  # 0.40 is nearer but more useful
+    assert matched_utility_row(rows, 0.45)["value"] == 0.5
+    assert matched_utility_row(rows, 0.05)["value"] == 1.0  # none as little useful: the nearest above

@@ -69,14 +69,35 @@ class Cut:
 
 
 def magnitude_cuts(stack: StackedRows, k: int) -> list[Cut]:
-    """Each task's `Cut` for its k largest |entries| (1 ≤ k ≤ d_out·d_in), exactly.
+    """Each task's `Cut` for its k largest |entries| (1 ≤ k ≤ d_out·d_in), exactly, in three steps:
 
-    A strided sample brackets each cut; one streaming pass counts the entries above the bracket and
-    keeps those inside it, and only those are selected exactly (kthvalue): a few reads instead of a
-    full sort. A task whose bracket misses falls back to a kthvalue over all its entries.
+    1. `sampled_bracket`: a strided sample gives each task a magnitude band [lo, hi] that very likely
+       holds its k-th largest |entry|;
+    2. `band_entries`: one streaming pass counts the entries above hi and keeps those inside the band;
+    3. `exact_cut`: the k-th largest is selected (kthvalue) among the band's entries only.
+
+    Invariant: if `above < k ≤ above + len(band)`, the k-th largest |entry| lies in the band, so step 3
+    is exact; otherwise (the sample missed) that task's cut is selected over all its entries. A few
+    reads of the ΔW instead of a full sort.
     """
+    hi, lo, expected = sampled_bracket(stack, k)
+    above, bands = band_entries(stack, hi, lo, expected)
+    cuts = []
+    for task, band in enumerate(bands):
+        count_above = int(above[task])
+        if not count_above < k <= count_above + band.numel():  # the bracket missed: all entries
+            count_above = 0
+            band = torch.cat([stack.rows(rows)[task].abs().reshape(-1) for rows in stack.blocks()])
+        cuts.append(exact_cut(band, count_above, k))
+    return cuts
+
+
+def sampled_bracket(stack: StackedRows, k: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(hi, lo, expected): per task (each (K, 1)), magnitudes of a strided sample 4 standard errors (and
+    some slack) either side of the k-th largest's expected rank in the sample; and how many entries a
+    task's band is expected to hold (2·margin sample ranks of n/m entries each)."""
     d_out, d_in = stack.shape
-    n, tasks = d_out * d_in, stack.count()
+    n = d_out * d_in
     step = max(1, n // THRESHOLD_SAMPLE)
     while math.gcd(step, d_in) > 1:  # else the sample would visit only some columns
         step += 1
@@ -85,11 +106,19 @@ def magnitude_cuts(stack: StackedRows, k: int) -> list[Cut]:
     pos, margin = k * m / n, 4 * m**0.5 + 8
     hi = sample[:, max(0, int(pos - margin))].unsqueeze(1)
     lo = sample[:, min(m - 1, int(pos + margin))].unsqueeze(1)
+    return hi, lo, int(n * 2 * margin / m)
+
+
+def band_entries(stack: StackedRows, hi: torch.Tensor, lo: torch.Tensor, expected: int
+                 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """One pass over the blocks: per task, how many |entries| exceed hi (K,), and the |entries| in
+    [lo, hi] (one 1-D tensor per task); `expected` sizes the buffer."""
+    tasks = stack.count()
     above = torch.zeros(tasks, dtype=torch.int64)
     # Band entries go into one preallocated buffer per task (grown if needed), because thousands of
     # small long-lived pieces between the freed blocks fragment the heap (1.4 GB more peak RSS for the
     # cuts of one 14336 × 4096 module).
-    band_buf = torch.empty(tasks, int(n * 2 * margin / m * 1.25) + 4096)
+    band_buf = torch.empty(tasks, int(expected * 1.25) + 4096)
     filled = [0] * tasks
     for rows in stack.blocks():
         mag = stack.rows(rows).abs_().reshape(tasks, -1)
@@ -107,16 +136,14 @@ def magnitude_cuts(stack: StackedRows, k: int) -> list[Cut]:
         for task, piece in enumerate(torch.split(mag.view(-1)[flat], sizes)):  # task by task, as the rows of `mag`
             band_buf[task, filled[task] : filled[task] + piece.numel()] = piece
             filled[task] += piece.numel()
-    cuts = []
-    for task in range(tasks):
-        band, count_above = band_buf[task, : filled[task]], int(above[task])
-        if not count_above < k <= count_above + band.numel():
-            count_above = 0
-            band = torch.cat([stack.rows(rows)[task].abs().reshape(-1) for rows in stack.blocks()])
-        value = torch.kthvalue(band, band.numel() - (k - count_above) + 1).values
-        cuts.append(Cut(value, count_above + int(torch.count_nonzero(band > value)),
-                        int(torch.count_nonzero(band == value)), k))
-    return cuts
+    return above, [band_buf[task, : filled[task]] for task in range(tasks)]
+
+
+def exact_cut(band: torch.Tensor, count_above: int, k: int) -> Cut:
+    """The `Cut` of the k-th largest magnitude, given `count_above` entries larger than every entry of
+    `band` and the k-th among `band` (count_above < k ≤ count_above + len(band))."""
+    value = torch.kthvalue(band, band.numel() - (k - count_above) + 1).values
+    return Cut(value, count_above + int(torch.count_nonzero(band > value)), int(torch.count_nonzero(band == value)), k)
 
 
 class TopK:

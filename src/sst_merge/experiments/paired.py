@@ -44,12 +44,13 @@ def paired_difference(a: dict[str, Any], b: dict[str, Any], experts: dict[str, d
 
 
 def matched_utility_row(rows: list[dict[str, Any]], target: float) -> dict[str, Any]:
-    """The row of a method's sweep whose validation normalised accuracy is nearest `target` from above (as
-    useful as the method compared with, or more), else the nearest below. Matching reads validation
-    only: the test split reports the comparison."""
+    """The row of a method's sweep whose validation normalised accuracy is nearest `target` from below (no
+    more useful than the method compared with, so a refusal advantage over it is not bought with
+    utility), else the nearest above. Matching reads validation only: the test split reports the
+    comparison."""
     def utility(row: dict[str, Any]) -> float:
         return row["val"]["normalized_accuracy"] or 0.0
 
-    above = [r for r in rows if utility(r) >= target]
-    pool = above or rows
+    below = [r for r in rows if utility(r) <= target]
+    pool = below or rows
     return min(pool, key=lambda r: abs(utility(r) - target))

@@ -218,7 +218,9 @@ def _paired(paired: dict[str, Any]) -> list[str]:
             if kind not in entry:
                 continue
             setting = "chosen setting" if kind == "chosen" else (
-                "matched utility: " + fmt_setting(diff["param"], diff["value"], None, diff["scale"]) if diff else "–")
+                f"matched utility: {fmt_setting(diff['param'], diff['value'], None, diff['scale'])} "
+                f"(val norm. acc {fmt_number(diff['val_normalized_accuracy'])} vs "
+                f"{fmt_number(paired['val_normalized_accuracy'])})" if diff else "–")
             diff = diff or {}
             rows.append([label, setting, fmt_diff(diff.get("refusal")), fmt_diff(diff.get("over_refusal")),
                          fmt_diff(diff.get("normalized_accuracy"))])
@@ -226,7 +228,8 @@ def _paired(paired: dict[str, Any]) -> list[str]:
         f"### {ours} minus each method, same test items (paired bootstrap 95 %; * = interval excludes 0)",
         "",
         f"Matched utility: the method's swept setting whose validation normalised accuracy is nearest {ours}'s "
-        "from above (else nearest below); chosen on validation, compared on test.",
+        f"from below (no more useful than {ours}; else the nearest above); chosen on validation, compared on "
+        "test. Its validation normalised accuracy is shown against {ours}'s.".replace("{ours}", ours),
         "",
         markdown_table(["method", "its setting", "Δ refusal", "Δ over-refusal", "Δ norm. acc"], rows),
     ]

@@ -398,7 +398,7 @@ def paired_comparisons(runner: Runner, k: int, methods: dict[str, MethodSpec], s
                        experts: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
     """SST-Merge at its chosen setting against every other method on the same test items (paired
     bootstrap of the differences, `paired_difference`): at that method's chosen setting, and at matched
-    utility (its swept setting whose validation utility is nearest SST's from above, `matched_utility_row`).
+    utility (its swept setting whose validation utility is nearest SST's from below, `matched_utility_row`).
     None without an SST method."""
     ours = next((label for label, spec in methods.items() if spec.method == "sst"), None)
     if ours is None:
@@ -422,7 +422,7 @@ def paired_comparisons(runner: Runner, k: int, methods: dict[str, MethodSpec], s
             }
         against[label] = entry
     return {"method": ours, "setting": {key: selection.chosen[ours][key] for key in ("param", "value", "scale")},
-            "against": against}
+            "val_normalized_accuracy": our_val, "against": against}
 
 
 def _setting(label: str, row: dict[str, Any]) -> Setting:

@@ -79,7 +79,6 @@ from sst_merge.methods.fisher_setup import (
     start_point,
 )
 from sst_merge.methods.registry import register
-from sst_merge.progress import console
 from sst_merge.subspace import ModuleSubspace
 
 # Share of the task-arithmetic update's safety-Fisher energy that the default (calibrated) β removes.
@@ -266,11 +265,6 @@ def prepare_sst(job: MergeJob, params: SSTParams) -> Prepared:
 
     contexts, rounds = iterate_safety(source, params.safety_data, params.fisher_rounds, (point, safety), build,
                                       merged_point)
-    for entry in rounds:
-        beta = f", β = {entry['beta']:.4g} removes {params.safety_share:.0%} of the safety-Fisher energy" \
-            if "beta" in entry else ""
-        nll = "–" if entry["safety_nll"] is None else f"{entry['safety_nll']:.3g}"
-        console.print(f"sst: Fisher at {entry['point']}: safety NLL {nll} nats/token{beta}")
     facts = {"fisher_at": point.label, "rounds": rounds, "utility_nll": [factors_nll(u) for u in utility]}
     return Prepared(contexts, facts)
 
