@@ -84,4 +84,5 @@ def test_organism_kind_runs_every_method(organism: Path, tmp_path: Path):
     assert ta["matched"]["refusal"]["diff"] == pytest.approx(
         sst_cell["test"]["refusal"]["value"]
         - next(r for r in ta_rows if r["value"] == ta["matched"]["value"])["test"]["refusal"]["value"])
-    assert "minus each method, same test items" in (out / "report.md").read_text()
+    assert "minus each method, K = 2, same test items" in (out / "report.md").read_text()
+    assert results["exp2"]["paired"]["2"]["against"]["TA"]["chosen"] == ta["chosen"]

@@ -161,13 +161,17 @@ def _exp2(results: dict[str, Any], exp_dir: Path) -> list[str]:
         ]
         for r in rows
     ]
-    return [
+    out = [
         "## exp2: interference vs number of experts (test split)",
         "",
         markdown_table(["method", "K", "refusal", "over-refusal", "norm. acc"], table),
         "",
         f"![metrics vs K]({exp_dir.name}/vs_k.png)",
     ]
+    for k, paired in (results["exp2"].get("paired") or {}).items():
+        if paired:
+            out += ["", *_paired(paired, int(k))]
+    return out
 
 
 def _exp3(results: dict[str, Any], exp_dir: Path) -> list[str]:
@@ -195,7 +199,7 @@ def _exp3(results: dict[str, Any], exp_dir: Path) -> list[str]:
     write_text_atomic(exp_dir / "table.md", table + "\n")
     out = [f"## exp3: baseline comparison (K = {results['exp3']['k']}, test split)", "", table]
     if results["exp3"].get("paired"):
-        out += ["", *_paired(results["exp3"]["paired"])]
+        out += ["", *_paired(results["exp3"]["paired"], results["exp3"]["k"])]
     if results["exp3"].get("safety_tax"):
         out += ["", tax_markdown(results["exp3"]["safety_tax"]).replace("## ", "### ")]
     return out
@@ -209,15 +213,16 @@ def fmt_diff(diff: dict[str, Any] | None) -> str:
     return f"{diff['diff']:+.3f} [{low:+.3f}, {high:+.3f}]{' *' if diff['excludes_zero'] else ''}"
 
 
-def _paired(paired: dict[str, Any]) -> list[str]:
+def _paired(paired: dict[str, Any], k: int) -> list[str]:
     ours = paired["method"]
     rows = []
     for label, entry in paired["against"].items():
         for kind in ("chosen", "matched"):
             diff = entry.get(kind)
-            if kind not in entry:
+            if kind not in entry or (kind == "matched" and entry.get("matched_is_chosen")):
                 continue
-            setting = "chosen setting" if kind == "chosen" else (
+            setting = ("chosen setting" + (" (also at matched utility)" if entry.get("matched_is_chosen") else "")
+                       if kind == "chosen" else
                 f"matched utility: {fmt_setting(diff['param'], diff['value'], None, diff['scale'])} "
                 f"(val norm. acc {fmt_number(diff['val_normalized_accuracy'])} vs "
                 f"{fmt_number(paired['val_normalized_accuracy'])})" if diff else "–")
@@ -225,12 +230,12 @@ def _paired(paired: dict[str, Any]) -> list[str]:
             rows.append([label, setting, fmt_diff(diff.get("refusal")), fmt_diff(diff.get("over_refusal")),
                          fmt_diff(diff.get("normalized_accuracy"))])
     return [
-        f"### {ours} minus each method, same test items (paired bootstrap 95 %; * = interval excludes 0)",
+        f"### {ours} minus each method, K = {k}, same test items (paired bootstrap 95 %; * = interval excludes 0)",
         "",
-        f"Matched utility: the method's swept setting whose validation normalised accuracy is nearest {ours}'s "
-        f"from below (no more useful than {ours}; else the nearest above); chosen on validation, compared on "
-        "test. Its validation normalised accuracy is shown against {ours}'s.".replace("{ours}", ours),
-        "",
+        *([f"Matched utility: the method's swept setting whose validation normalised accuracy is nearest {ours}'s "
+           f"from below (no more useful than {ours}; else the nearest above); chosen on validation, compared on "
+           f"test. Its validation normalised accuracy is shown against {ours}'s.", ""]
+          if any("matched" in entry for entry in paired["against"].values()) else []),
         markdown_table(["method", "its setting", "Δ refusal", "Δ over-refusal", "Δ norm. acc"], rows),
     ]
 

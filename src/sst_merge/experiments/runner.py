@@ -355,7 +355,8 @@ def exp1(k: int, selection: Selection) -> dict[str, Any]:
 
 def exp2(runner: Runner, ks: list[int], methods: dict[str, MethodSpec], selection: Selection,
          experts: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """exp2: every method at its chosen setting for each number of experts in `ks`."""
+    """exp2: every method at its chosen setting for each number of experts in `ks`, and SST-Merge against
+    each on the same test items at every K (`paired_comparisons`)."""
     return {
         "k": ks,
         "rows": [
@@ -363,6 +364,7 @@ def exp2(runner: Runner, ks: list[int], methods: dict[str, MethodSpec], selectio
             for k in ks
             for label in methods
         ],
+        "paired": {str(k): paired_comparisons(runner, k, methods, selection, experts) for k in ks},
     }
 
 
@@ -409,12 +411,13 @@ def paired_comparisons(runner: Runner, k: int, methods: dict[str, MethodSpec], s
     for label in methods:
         if label == ours:
             continue
-        entry: dict[str, Any] = {"chosen": paired_difference(our_record, runner.record(selection.cell(label, k)),
-                                                             experts)}
+        chosen = selection.cell(label, k)
+        entry: dict[str, Any] = {"chosen": paired_difference(our_record, runner.record(chosen), experts)}
         rows = selection.sweeps.get(label, [])
         if rows and selection.k == k:
             row = matched_utility_row(rows, our_val)
             record = runner.store.get_key(row["cell"])
+            entry["matched_is_chosen"] = row["cell"] == chosen.key()
             entry["matched"] = None if record is None else {
                 "param": row["param"], "value": row["value"], "scale": row["scale"],
                 "val_normalized_accuracy": row["val"]["normalized_accuracy"],
