@@ -168,8 +168,11 @@ def _exp2(results: dict[str, Any], exp_dir: Path) -> list[str]:
         "",
         f"![metrics vs K]({exp_dir.name}/vs_k.png)",
     ]
+    shown = results["exp3"]["k"] if results.get("exp3", {}).get("paired") else None
     for k, paired in (results["exp2"].get("paired") or {}).items():
-        if paired:
+        if paired and int(k) == shown:
+            out += ["", f"SST-Merge minus each method at K = {k}: in exp3's section."]
+        elif paired:
             out += ["", *_paired(paired, int(k))]
     return out
 
@@ -213,22 +216,26 @@ def fmt_diff(diff: dict[str, Any] | None) -> str:
     return f"{diff['diff']:+.3f} [{low:+.3f}, {high:+.3f}]{' *' if diff['excludes_zero'] else ''}"
 
 
+def _paired_rows(entry: dict[str, Any], ours_val: float | None) -> list[tuple[str, dict[str, Any]]]:
+    """(label of the compared setting, its differences) for one method: its chosen setting, and its
+    matched-utility setting unless that is the chosen one."""
+    same = entry.get("matched_is_chosen", False)
+    rows = [("chosen setting" + (" (also at matched utility)" if same else ""), entry["chosen"] or {})]
+    if "matched" in entry and not same:
+        matched = entry["matched"]
+        label = "–" if matched is None else (
+            f"matched utility: {fmt_setting(matched['param'], matched['value'], None, matched['scale'])} "
+            f"(val norm. acc {fmt_number(matched['val_normalized_accuracy'])} vs {fmt_number(ours_val)})")
+        rows.append((label, matched or {}))
+    return rows
+
+
 def _paired(paired: dict[str, Any], k: int) -> list[str]:
     ours = paired["method"]
-    rows = []
-    for label, entry in paired["against"].items():
-        for kind in ("chosen", "matched"):
-            diff = entry.get(kind)
-            if kind not in entry or (kind == "matched" and entry.get("matched_is_chosen")):
-                continue
-            setting = ("chosen setting" + (" (also at matched utility)" if entry.get("matched_is_chosen") else "")
-                       if kind == "chosen" else
-                f"matched utility: {fmt_setting(diff['param'], diff['value'], None, diff['scale'])} "
-                f"(val norm. acc {fmt_number(diff['val_normalized_accuracy'])} vs "
-                f"{fmt_number(paired['val_normalized_accuracy'])})" if diff else "–")
-            diff = diff or {}
-            rows.append([label, setting, fmt_diff(diff.get("refusal")), fmt_diff(diff.get("over_refusal")),
-                         fmt_diff(diff.get("normalized_accuracy"))])
+    rows = [[label, setting, fmt_diff(diff.get("refusal")), fmt_diff(diff.get("over_refusal")),
+             fmt_diff(diff.get("normalized_accuracy"))]
+            for label, entry in paired["against"].items()
+            for setting, diff in _paired_rows(entry, paired["val_normalized_accuracy"])]
     return [
         f"### {ours} minus each method, K = {k}, same test items (paired bootstrap 95 %; * = interval excludes 0)",
         "",
