@@ -108,6 +108,26 @@ def test_streamed_kernels_equal_peft_over_many_row_blocks(method: str, monkeypat
     torch.testing.assert_close(kernel(inputs, params).dense(), expected, atol=1e-5, rtol=1e-5)
 
 
+def test_module_rows_equal_each_experts_delta_rows_bit_for_bit(monkeypatch: pytest.MonkeyPatch):
+    """The batched matmul of `ModuleInputs.rows` gives each expert's own ΔW rows exactly: mixed ranks,
+    a missing expert, and scales that are not powers of two (rsLoRA's alpha/√r)."""
+    monkeypatch.setattr(lora, "DELTA_BLOCK_ENTRIES", 997)
+    gen = torch.Generator().manual_seed(9)
+    shape = (300, 211)
+
+    def factors(rank: int, scale: float) -> LoraFactors:
+        return LoraFactors(A=torch.randn(rank, 211, generator=gen), B=torch.randn(300, rank, generator=gen),
+                           scale=scale)
+
+    experts = [factors(4, 0.3), None, factors(8, 16 / 8**0.5), factors(4, 1.7)]
+    inputs = ModuleInputs(name="m", shape=shape, experts=experts, weights=[1.0] * 4, generator=torch.Generator())
+    for rows in inputs.blocks():
+        block = inputs.rows(rows)
+        for k, factors in enumerate(experts):
+            expected = torch.zeros(rows.stop - rows.start, 211) if factors is None else factors.delta_rows(rows)
+            assert torch.equal(block[k], expected)
+
+
 def test_trimming_breaks_ties_at_the_cut_by_flat_index_across_blocks(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(lora, "DELTA_BLOCK_ENTRIES", 500)
     gen = torch.Generator().manual_seed(6)

@@ -35,8 +35,18 @@ def validation_message(exc: ValidationError, most: int = 5) -> str:
 
 def require_finite(tensors: Iterable[Any], message: str, path: str | Path | None = None) -> None:
     """InputError(message, path) unless every tensor in `tensors` is finite (no NaN, no ±Inf)."""
-    if not all(bool(t.isfinite().all()) for t in tensors):
+    if not all(is_finite(t) for t in tensors):
         raise InputError(message, path)
+
+
+def is_finite(tensor: Any) -> bool:
+    """Whether every entry of `tensor` is finite.
+
+    A finite sum means finite entries (a NaN or an Inf makes the sum NaN or Inf), and a sum reads the
+    tensor at memory speed where `isfinite` first builds a boolean tensor (5x the time, most of a TA
+    merge's arithmetic); only a sum that overflowed is checked entry by entry.
+    """
+    return bool(tensor.sum().isfinite()) or bool(tensor.isfinite().all())
 
 
 def require_at_least(minimum: int, **flags: int | None) -> None:

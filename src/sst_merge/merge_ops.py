@@ -120,15 +120,18 @@ def band_entries(stack: StackedRows, hi: torch.Tensor, lo: torch.Tensor, expecte
     # cuts of one 14336 × 4096 module).
     band_buf = torch.empty(tasks, int(expected * 1.25) + 4096)
     filled = [0] * tasks
+    over = in_band = None
     for rows in stack.blocks():
         mag = stack.rows(rows).abs_().reshape(tasks, -1)
-        over = mag > hi
-        above += over.sum(dim=1)
-        in_band = (mag >= lo).logical_xor_(over)  # lo <= |x| <= hi, as lo <= hi
-        # The band's flat indices, counted per task from those few indices (summing the whole
-        # boolean block per task cost as much as finding them).
-        flat = in_band.view(-1).nonzero().squeeze(1)
-        sizes = torch.bincount(flat // mag.shape[1], minlength=tasks).tolist()
+        if over is None or over.shape != mag.shape:
+            over, in_band = torch.empty_like(mag), torch.empty_like(mag)
+        # Comparisons into float 0/1 buffers, because this torch's comparisons that return booleans
+        # take 4x as long (and so do reductions over them).
+        torch.gt(mag, hi, out=over)
+        torch.ge(mag, lo, out=in_band).sub_(over)  # lo <= |x| <= hi, as lo <= hi
+        above += over.sum(dim=1).long()
+        sizes = in_band.sum(dim=1).long().tolist()
+        flat = in_band.view(-1).bool().nonzero().squeeze(1)
         need = max(f + c for f, c in zip(filled, sizes, strict=True))
         if need > band_buf.shape[1]:
             extra = max(need, 2 * band_buf.shape[1]) - band_buf.shape[1]
@@ -233,11 +236,12 @@ def ties_combine(trimmed: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Elect signs on the trimmed (K, ...) task tensors, weight them, take the disjoint mean (the sum
     of the agreeing weighted entries over their count).
 
-    An entry agrees when its sign is the elected one (zero entries never agree). The agreement is a
-    0/1 float (sign of x · elected sign, clamped at 0), so that the products and sums are PEFT's bit
-    for bit: reductions over boolean tensors cost more than the rest of the combine.
+    An entry agrees when its sign is the elected one (zero entries never agree): x · elected sign > 0,
+    kept as a 0/1 float, so that the products and sums are PEFT's bit for bit (and because this
+    torch's comparisons and reductions over booleans cost more than the rest of the combine).
     """
-    agree = (trimmed * elected_signs(trimmed)).sign_().clamp_(min=0)
+    agree = torch.mul(trimmed, elected_signs(trimmed))
+    torch.gt(agree, 0, out=agree)
     count = agree.sum(dim=0).clamp_(min=1)
     weighted = trimmed * weights.to(trimmed.dtype).reshape(-1, *[1] * (trimmed.dim() - 1))
     return weighted.mul_(agree).sum(dim=0).div_(count)
