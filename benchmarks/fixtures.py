@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 from sst_merge.lora import ALL_PROJ
-from sst_merge.synthetic import make_random_adapter, make_random_llama
+from sst_merge.synthetic import make_random_adapter, tiny_llama_config
 
 # Llama-2/Mistral-7B layer shapes: hidden 4096, MLP 14336, 32 query heads over 8 KV heads, vocab 32000.
 SEVEN_B = dict(
@@ -24,6 +26,9 @@ RANK, ALPHA = 16, 32
 # std of the LoRA factors: ΔW entries ≈ (alpha/r)·std²·√r ≈ 0.02, the scale of the base weights,
 # so the peers' bf16 folding (W0 + ΔW_k rounded) stays a small relative perturbation of ΔW.
 ADAPTER_STD = 0.05
+# Base weights: normal(0, 0.02) as a Llama's initialisation; shards of at most this many bytes.
+BASE_STD = 0.02
+SHARD_BYTES = 2 << 30
 
 
 def base_dir(work: Path, layers: int) -> Path:
@@ -37,10 +42,71 @@ def adapter_dir(work: Path, layers: int, k: int) -> Path:
 
 
 def ensure_base(work: Path, layers: int) -> Path:
-    """Build (once) the bf16 random Llama with `layers` 7B-shaped layers, saved with save_pretrained."""
+    """Build (once) the bf16 random Llama with `layers` 7B-shaped layers (see `write_random_llama`)."""
     out = base_dir(work, layers)
     if not (out / "config.json").is_file():
-        make_random_llama(out, seed=layers, dtype=torch.bfloat16, num_hidden_layers=layers, **SEVEN_B)
+        write_random_llama(out, seed=layers, num_hidden_layers=layers, **SEVEN_B)
+    return out
+
+
+def llama_tensor_shapes(config) -> Iterator[tuple[str, tuple[int, ...]]]:  # noqa: ANN001 (a LlamaConfig)
+    """(name, shape) of every weight of a LlamaForCausalLM with `config`, in the checkpoint's order."""
+    h, inter = config.hidden_size, config.intermediate_size
+    kv = config.num_key_value_heads * (h // config.num_attention_heads)
+    yield "model.embed_tokens.weight", (config.vocab_size, h)
+    for i in range(config.num_hidden_layers):
+        prefix = f"model.layers.{i}."
+        yield prefix + "input_layernorm.weight", (h,)
+        for proj, shape in (("q", (h, h)), ("k", (kv, h)), ("v", (kv, h)), ("o", (h, h))):
+            yield f"{prefix}self_attn.{proj}_proj.weight", shape
+        yield prefix + "post_attention_layernorm.weight", (h,)
+        for proj, shape in (("gate", (inter, h)), ("up", (inter, h)), ("down", (h, inter))):
+            yield f"{prefix}mlp.{proj}_proj.weight", shape
+    yield "model.norm.weight", (h,)
+    if not config.tie_word_embeddings:
+        yield "lm_head.weight", (config.vocab_size, h)
+
+
+def write_random_llama(out: Path, seed: int, **overrides: object) -> Path:
+    """A random bf16 Llama as transformers saves one (config.json, safetensors shards and their index),
+    written shard by shard: a 32-layer 7B-shaped model (13.5 GB) never is in memory whole, where
+    building the model and calling save_pretrained would hold all of it."""
+    config = tiny_llama_config(**overrides, torch_dtype="bfloat16")
+    gen = torch.Generator().manual_seed(seed)
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    tmp = out.with_name(out.name + ".partial")
+    tmp.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+
+    def flush() -> None:
+        written.append(tmp / f"shard-{len(written):05d}.safetensors")
+        save_file(shards[-1], str(written[-1]), metadata={"format": "pt"})
+        shards[-1] = {}
+
+    weight_map: dict[str, int] = {}
+    for name, shape in llama_tensor_shapes(config):
+        bytes_ = 2 * torch.Size(shape).numel()
+        if shards[-1] and size + bytes_ > SHARD_BYTES:
+            flush()
+            size = 0
+        is_norm = len(shape) == 1
+        tensor = torch.ones(shape) if is_norm else torch.randn(shape, generator=gen).mul_(BASE_STD)
+        shards[-1][name] = tensor.to(torch.bfloat16)
+        weight_map[name] = len(written)
+        size += bytes_
+    flush()
+    total = sum(2 * torch.Size(s).numel() for _, s in llama_tensor_shapes(config))
+    if len(written) == 1:
+        written[0].rename(tmp / "model.safetensors")
+    else:
+        names = [f"model-{i + 1:05d}-of-{len(written):05d}.safetensors" for i in range(len(written))]
+        for path, name in zip(written, names, strict=True):
+            path.rename(tmp / name)
+        index = {"metadata": {"total_size": total}, "weight_map": {k: names[v] for k, v in weight_map.items()}}
+        (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    config.save_pretrained(tmp)
+    tmp.rename(out)  # complete or absent: an interrupted build is started again
     return out
 
 

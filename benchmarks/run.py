@@ -82,7 +82,7 @@ def stage_ours(args: argparse.Namespace) -> None:
                 if raw_path(args.work, key).is_file() and not args.redo:
                     continue
                 out = args.work / "out" / f"sst-merge_{method}_{fmt}_{layers}L"
-                runs, warmup = (args.runs, 1) if method == "ta" else (args.dense_runs, args.dense_warmup)
+                runs, warmup = (args.runs, args.warmup) if method == "ta" else (args.dense_runs, args.dense_warmup)
                 series = repeat(ours_cmd(base, adapters, method, fmt, out), runs, warmup, args.rss_limit)
                 save_row(
                     args.work,
@@ -247,8 +247,9 @@ def stage_floor(args: argparse.Namespace) -> None:
                 # One measurement per distinct volume (every method's full output moves the same bytes):
                 # the page cache's write-back made back-to-back copies of the same bytes vary 2x.
                 volume = (tuple(sources), written)
-                if volume not in file_floors:
-                    file_floors[volume] = file_floor_seconds(sources, written, args.work, runs=9)
+                if volume not in file_floors:  # fewer runs of a whole model's copy (13 GB each way)
+                    runs = 9 if written < 4 * GiB else 3
+                    file_floors[volume] = file_floor_seconds(sources, written, args.work, runs=runs)
                 file_s = file_floors[volume]
                 save_row(
                     args.work,
@@ -301,10 +302,33 @@ def machine_info() -> dict:
     }
 
 
+# The fields that say what a row measured (two rows with the same values measured the same thing).
+ROW_IDENTITY = ("bench", "method", "tool", "format", "layers", "merge_dtype", "items", "measured", "variant",
+                "model", "k", "examples", "seq_len")
+
+
+def row_identity(row: dict) -> tuple:
+    return tuple(json.dumps(row.get(field)) for field in ROW_IDENTITY)
+
+
+def kept_rows(previous: list[dict], new: list[dict], before: str | None) -> list[dict]:
+    """The rows of the previous results.json to keep beside `new`: those no new row re-measured, and,
+    when `before` labels them, the re-measured ones as history rows (variant `before`)."""
+    measured = {row_identity(r) for r in new}
+    kept = [r for r in previous if row_identity(r) not in measured]
+    if before:
+        kept += [{**r, "variant": before} for r in previous if row_identity(r) in measured and not r.get("variant")]
+    return kept
+
+
 def stage_assemble(args: argparse.Namespace) -> None:
     raw = args.work / "raw"
     rows = [json.loads(p.read_text()) for p in sorted(raw.glob("*.json")) if not p.name.startswith("sst__")]
     sst = [json.loads(p.read_text()) for p in sorted(raw.glob("sst__*.json"))]
+    if args.keep_results and args.results.is_file():
+        previous = json.loads(args.results.read_text())
+        rows += kept_rows(previous["rows"], rows, args.before)
+        sst += kept_rows(previous["sst_breakdown"], sst, args.before)
     result = {"machine": machine_info(), "rows": rows, "sst_breakdown": sst}
     args.results.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     print(f"[bench] wrote {args.results} ({len(rows)} rows)")
@@ -340,11 +364,16 @@ def main() -> None:
     parser.add_argument("--layers", default="1", help="comma list of decoder-layer counts for our own runs")
     parser.add_argument("--k", type=int, default=8, help="number of adapters")
     parser.add_argument("--runs", type=int, default=5, help="recorded runs of our TA merges (after one warm-up)")
+    parser.add_argument("--warmup", type=int, default=1, help="warm-up runs of our TA merges")
     parser.add_argument("--dense-runs", type=int, default=5, help="recorded runs of our TIES/DARE/prune merges")
     parser.add_argument("--dense-warmup", type=int, default=1, help="warm-up runs of our TIES/DARE/prune merges")
     parser.add_argument("--peer-runs", type=int, default=1, help="recorded runs of PEFT and mergekit (no warm-up)")
     parser.add_argument("--rss-limit-gb", type=float, default=10.0, help="kill a run whose RSS passes this")
     parser.add_argument("--redo", action="store_true", help="measure again even where a raw row exists")
+    parser.add_argument("--keep-results", action="store_true",
+                        help="assemble: keep the rows of the existing results file that this work dir did not measure")
+    parser.add_argument("--before", help="with --keep-results: keep the re-measured rows too, as history with "
+                                         "this variant label (what the code did before)")
     args = parser.parse_args()
     args.work = args.work.resolve()
     args.methods = args.methods.split(",")

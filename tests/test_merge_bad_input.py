@@ -160,7 +160,7 @@ def test_yaml_config_and_dry_run(tiny_base, tiny_adapters, tmp_path, capsys):
     assert not out.exists()
     assert _run(capsys, [config])[0] == 0
     record = json.loads((out / "sst_merge_provenance.json").read_text())
-    assert record["params"] == {"density": 0.5, "seed": 3}
+    assert record["params"] == {"density": 0.5, "seed": 3, "device": "cpu"}
     assert record["weights"] == [1, 0.5, 0.25]
     assert len(record["adapters"]) == 3 and "adapter_model.safetensors" in record["adapters"][0]["files"]
 

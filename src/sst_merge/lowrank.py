@@ -63,7 +63,7 @@ def svd_of_orthonormal(U: torch.Tensor, core: torch.Tensor, V: torch.Tensor) -> 
     return SVDFactors(U=(U.double() @ Uc).float(), S=S.float(), Vh=(Vh @ V.T.double()).float())
 
 
-def svd_of_dense(delta: torch.Tensor) -> SVDFactors:
-    """Thin SVD of the dense ΔW (d_out, d_in)."""
-    U, S, Vh = torch.linalg.svd(delta.float(), full_matrices=False)
-    return SVDFactors(U=U, S=S, Vh=Vh)
+def svd_of_dense(delta: torch.Tensor, device: torch.device | None = None) -> SVDFactors:
+    """Thin SVD of the dense ΔW (d_out, d_in), computed on `device` when given (factors on the CPU)."""
+    U, S, Vh = torch.linalg.svd(delta.float().to(device), full_matrices=False)
+    return SVDFactors(U=U.cpu(), S=S.cpu(), Vh=Vh.cpu())

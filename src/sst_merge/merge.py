@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from sst_merge.atomic import atomic_output_dir, check_output, write_json_atomic
 from sst_merge.base_model import adapted_module_shapes
+from sst_merge.devices import compute_device
 from sst_merge.errors import InputError, require_finite, validation_message
 from sst_merge.lora import load_adapter, validate_against_base
 from sst_merge.lowrank import SVDFactors, svd_of_dense, svd_of_factored, svd_of_orthonormal
@@ -185,6 +186,7 @@ def merge_module(loaded: LoadedInputs, name: str, context: Prepared) -> MergedDe
         weights=job.weights,
         generator=make_generator(getattr(params, "seed", 0), name),
         context=context.modules.get(name),
+        device=compute_device(params.device),
     )
     merged = loaded.method.merge_module(inputs, params)
     # Finite inputs can still overflow float32 (weights of 1e38, a huge lora_alpha): refuse before an SVD
@@ -294,7 +296,7 @@ def _write_peft(
             svds[name] = svd_of_orthonormal(*merged.bases) if merged.bases else svd_of_factored(merged.B, merged.A)
         else:
             any_dense = True
-            svds[name] = svd_of_dense(merged.delta)
+            svds[name] = svd_of_dense(merged.delta, compute_device(loaded.params.device))
     # Default rank: exact for low-rank results; a dense result (TIES, DARE) is cut to the inputs' total rank.
     if config.rank:
         rank = config.rank
@@ -324,6 +326,7 @@ def _write_full(
     # Low-rank results are expanded into one buffer reused for every module, because fresh memory for
     # each ΔW is paid in page faults: for a 14336 x 4096 module (235 MB) they cost twice the matmul.
     workspace = torch.empty(max((job.shapes[m][0] * job.shapes[m][1] for m in job.modules), default=0))
+    device = compute_device(loaded.params.device)
     with make_progress() as progress:
         bar = progress.add_task(f"merging ({loaded.method.name})", total=len(job.modules))
         def delta_of(tensor: str) -> torch.Tensor | None:
@@ -332,7 +335,8 @@ def _write_full(
             progress.advance(bar)
             name = module_of[tensor]
             rows, cols = job.shapes[name]
-            return merge_module(loaded, name, context).dense(out=workspace[: rows * cols].view(rows, cols))
+            merged = merge_module(loaded, name, context)
+            return merged.dense(out=workspace[: rows * cols].view(rows, cols), device=device)
 
         for shard in shards:
             # Stream tensor by tensor: one base tensor and its ΔW are held in memory at a time.

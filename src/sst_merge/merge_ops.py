@@ -4,6 +4,10 @@ Semantics follow `peft.utils.merge_utils` exactly. The K tasks' dense ΔW are ne
 a `StackedRows` hands them out one row block at a time, (K, rows, d_in), and each operation streams
 over the blocks in order (the flat order PEFT's masks follow), so a merge holds one block of every
 task and the merged (d_out, d_in) result, instead of K dense copies.
+
+Blocks live on the device the `StackedRows` forms them on (a GPU with `--device cuda`); what is
+merged comes back to the CPU block by block. Every tensor made here names its device, so that
+nothing lands on the wrong one (the tests run these with the default device set to `meta`).
 """
 
 from __future__ import annotations
@@ -31,23 +35,24 @@ class StackedRows(Protocol):
         ...
 
     def rows(self, rows: slice) -> torch.Tensor:
-        """(K, len(rows), d_in) float32, a new tensor the caller may modify."""
+        """(K, len(rows), d_in) float32 on the stack's device, a new tensor the caller may modify."""
         ...
 
     def entries(self, flat: torch.Tensor) -> torch.Tensor:
-        """(K, len(flat)): the entries at flat indices `flat` (to estimate quantiles; rounding may differ)."""
+        """(K, len(flat)) on the stack's device: the entries at the CPU flat indices `flat` (to estimate
+        quantiles; rounding may differ)."""
         ...
 
 
 def weighted_sum(tensors: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Σ_k w_k t_k for `tensors` (K, ...) and `weights` (K,)."""
-    return torch.tensordot(weights.to(tensors.dtype), tensors, dims=1)
+    return torch.tensordot(weights.to(tensors), tensors, dims=1)
 
 
 def combine_blocks(blocks: Iterator[tuple[slice, torch.Tensor]], combine: Callable[[torch.Tensor], torch.Tensor],
                    shape: tuple[int, int]) -> torch.Tensor:
-    """The (d_out, d_in) tensor whose rows are `combine` of each (K, rows, d_in) block."""
-    out = torch.empty(shape)
+    """The (d_out, d_in) CPU tensor whose rows are `combine` of each (K, rows, d_in) block (on any device)."""
+    out = torch.empty(shape, device="cpu")
     for rows, block in blocks:
         out[rows] = combine(block)
     return out
@@ -101,7 +106,7 @@ def sampled_bracket(stack: StackedRows, k: int) -> tuple[torch.Tensor, torch.Ten
     step = max(1, n // THRESHOLD_SAMPLE)
     while math.gcd(step, d_in) > 1:  # else the sample would visit only some columns
         step += 1
-    sample = stack.entries(torch.arange(0, n, step)).abs().sort(dim=1, descending=True).values
+    sample = stack.entries(torch.arange(0, n, step, device="cpu")).abs().sort(dim=1, descending=True).values
     m = sample.shape[1]
     pos, margin = k * m / n, 4 * m**0.5 + 8
     hi = sample[:, max(0, int(pos - margin))].unsqueeze(1)
@@ -113,12 +118,12 @@ def band_entries(stack: StackedRows, hi: torch.Tensor, lo: torch.Tensor, expecte
                  ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """One pass over the blocks: per task, how many |entries| exceed hi (K,), and the |entries| in
     [lo, hi] (one 1-D tensor per task); `expected` sizes the buffer."""
-    tasks = stack.count()
-    above = torch.zeros(tasks, dtype=torch.int64)
+    tasks, device = stack.count(), hi.device
+    above = torch.zeros(tasks, dtype=torch.int64, device=device)
     # Band entries go into one preallocated buffer per task (grown if needed), because thousands of
     # small long-lived pieces between the freed blocks fragment the heap (1.4 GB more peak RSS for the
     # cuts of one 14336 × 4096 module).
-    band_buf = torch.empty(tasks, int(expected * 1.25) + 4096)
+    band_buf = torch.empty(tasks, int(expected * 1.25) + 4096, device=device)
     filled = [0] * tasks
     over = in_band = None
     for rows in stack.blocks():
@@ -135,7 +140,7 @@ def band_entries(stack: StackedRows, hi: torch.Tensor, lo: torch.Tensor, expecte
         need = max(f + c for f, c in zip(filled, sizes, strict=True))
         if need > band_buf.shape[1]:
             extra = max(need, 2 * band_buf.shape[1]) - band_buf.shape[1]
-            band_buf = torch.cat([band_buf, torch.empty(tasks, extra)], dim=1)
+            band_buf = torch.cat([band_buf, torch.empty(tasks, extra, device=device)], dim=1)
         for task, piece in enumerate(torch.split(mag.view(-1)[flat], sizes)):  # task by task, as the rows of `mag`
             band_buf[task, filled[task] : filled[task] + piece.numel()] = piece
             filled[task] += piece.numel()
@@ -201,26 +206,28 @@ def dropped_blocks(stack: StackedRows, density: float, generator: torch.Generato
 
     The masks are drawn task after task in flat order, as PEFT draws them from one generator over
     whole tensors (same seed, same masks), and kept as one bit per entry and task (eight tasks share a
-    byte: as booleans, eight 14336 × 4096 masks would take 470 MB).
+    byte: as booleans, eight 14336 × 4096 masks would take 470 MB). They are drawn on the CPU from the
+    CPU generator whatever the device, so a GPU merge drops the same entries.
     """
     tasks = stack.count()
     masks = None
     if density < 1:
-        masks = torch.zeros((tasks + 7) // 8, *stack.shape, dtype=torch.uint8)
+        masks = torch.zeros((tasks + 7) // 8, *stack.shape, dtype=torch.uint8, device="cpu")
         for task in range(tasks):
             byte, bit = divmod(task, 8)
             for rows in stack.blocks():
                 # On the CPU, torch.bernoulli over a tensor of p draws exactly `rand < p` from the same
                 # stream (PEFT's masks, checked by the tests against peft.utils.merge_utils), at less
                 # than half the cost of building the tensor of p and drawing from it.
-                draws = torch.rand((rows.stop - rows.start, stack.shape[1]), generator=generator)
+                draws = torch.rand((rows.stop - rows.start, stack.shape[1]), generator=generator, device="cpu")
                 masks[byte, rows] |= draws.lt_(density).to(torch.uint8).bitwise_left_shift_(bit)
     for rows in stack.blocks():
         block = stack.rows(rows)
         if masks is not None:
+            bits = masks[:, rows].to(block.device)
             for task in range(tasks):
                 byte, bit = divmod(task, 8)
-                block[task] *= masks[byte, rows].bitwise_right_shift(bit).bitwise_and_(1)
+                block[task] *= bits[byte].bitwise_right_shift(bit).bitwise_and_(1)
             if rescale:
                 block /= density
         yield rows, block
@@ -243,5 +250,5 @@ def ties_combine(trimmed: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     agree = torch.mul(trimmed, elected_signs(trimmed))
     torch.gt(agree, 0, out=agree)
     count = agree.sum(dim=0).clamp_(min=1)
-    weighted = trimmed * weights.to(trimmed.dtype).reshape(-1, *[1] * (trimmed.dim() - 1))
+    weighted = trimmed * weights.to(trimmed).reshape(-1, *[1] * (trimmed.dim() - 1))
     return weighted.mul_(agree).sum(dim=0).div_(count)

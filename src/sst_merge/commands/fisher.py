@@ -15,8 +15,9 @@ from pathlib import Path
 from rich.console import Console
 
 from sst_merge.atomic import check_output
+from sst_merge.devices import check_device
 from sst_merge.distributed import all_reduce_factors, init_from_env
-from sst_merge.errors import require_at_least
+from sst_merge.errors import InputError, require_at_least
 from sst_merge.fisher_file import save_factors
 from sst_merge.merge import load_job, parse_weights
 from sst_merge.methods.fisher_setup import (
@@ -50,7 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-length", type=int, default=512, help="tokens per example")
     parser.add_argument("--batch-size", type=int, default=8, help="examples per pass")
     parser.add_argument("--seed", type=int, default=0, help="seed of the true Fisher's label sampling")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, or auto (shard the model over the GPUs)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"],
+                        help="cpu, cuda, or auto (shard the model over the GPUs when there are any)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                         help="dtype of the model during the pass (factors are float64)")
     parser.add_argument("--cache-dir", type=Path, help="also store the factors in this cache")
@@ -65,6 +67,10 @@ def run(args: argparse.Namespace) -> int:
     require_at_least(1, max_examples=args.max_examples, batch_size=args.batch_size)
     require_at_least(2, max_length=args.max_length)
     weights = parse_weights(args.weights) if args.weights is not None else None
+    try:
+        check_device(args.device)
+    except ValueError as exc:
+        raise InputError(f"--device {exc}") from exc
     check_output(args.output, args.force)
     params = FisherPassParams(fisher_kind=args.kind, fisher_at=args.at, fisher_max_examples=args.max_examples,
                               fisher_max_length=args.max_length, fisher_batch_size=args.batch_size,

@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="empirical Fisher (data labels) or true Fisher (labels sampled from the model), as merge")
     parser.add_argument("--fisher-max-examples", type=int, default=256, help="rows per data file")
     parser.add_argument("--cache-dir", type=Path, help="Fisher factor cache (shared with merge)")
-    parser.add_argument("--device", default="cpu", help="device of the Fisher pass")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="device of the Fisher pass")
     parser.add_argument("--output", type=Path, required=True, help="output directory")
     parser.add_argument("--force", action="store_true", help="replace an existing output directory")
     parser.set_defaults(func=run)

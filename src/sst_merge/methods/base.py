@@ -10,15 +10,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from sst_merge.devices import DEVICE_HELP, Device, check_device
 from sst_merge.lora import LoraAdapter, LoraFactors, delta_row_blocks
 
 
 class MethodParams(BaseModel):
-    """Base of every method's parameters: unknown keys are an error."""
+    """Base of every method's parameters: unknown keys are an error. `device` says where the merge
+    computes (every method takes it: the kernels, the dense SVD and any Fisher pass run there)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    device: Device = Field("cpu", description=DEVICE_HELP)
+
+    @field_validator("device")
+    @classmethod
+    def _device_available(cls, device: str) -> str:
+        return check_device(device)
 
 
 class SparsifyParams(MethodParams):
@@ -39,8 +48,8 @@ class Dense:
 
     delta: torch.Tensor
 
-    def dense(self, out: torch.Tensor | None = None) -> torch.Tensor:
-        """ΔW (d_out, d_in); already dense, so `out` is not used."""
+    def dense(self, out: torch.Tensor | None = None, device: torch.device | None = None) -> torch.Tensor:
+        """ΔW (d_out, d_in); already dense, so `out` and `device` are not used."""
         return self.delta
 
 
@@ -61,8 +70,12 @@ class Factored:
         """ΔW = U core Vᵀ for orthonormal U (d_out, p), V (d_in, q): B = U core, A = Vᵀ, bases kept."""
         return cls(B=(U.double() @ core).float(), A=V.T.contiguous(), bases=(U, core, V))
 
-    def dense(self, out: torch.Tensor | None = None) -> torch.Tensor:
-        """ΔW = B @ A (d_out, d_in), written into `out` when given (a buffer reused across modules)."""
+    def dense(self, out: torch.Tensor | None = None, device: torch.device | None = None) -> torch.Tensor:
+        """ΔW = B @ A (d_out, d_in), written into `out` when given (a buffer reused across modules);
+        multiplied on `device` when that is not the CPU, and copied back."""
+        if device is not None and device.type != "cpu":
+            product = self.B.to(device) @ self.A.to(device)
+            return out.copy_(product) if out is not None else product.cpu()
         return torch.matmul(self.B, self.A, out=out) if out is not None else self.B @ self.A
 
 
@@ -76,7 +89,8 @@ class ModuleInputs:
     experts[k] is adapter k's factors for this module, or None where adapter k does not adapt it
     (its ΔW is then zero). `generator` is seeded from (seed, module name), so results do not depend
     on the order modules are processed in. `context` is what the method's `prepare` returned for
-    this module (e.g. Fisher factors), else None.
+    this module (e.g. Fisher factors), else None. The experts' ΔW blocks are formed on `device`; the
+    factors, the generator and the merged result stay on the CPU.
     """
 
     name: str
@@ -85,6 +99,12 @@ class ModuleInputs:
     weights: list[float]
     generator: torch.Generator
     context: Any = None
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def weight_tensor(self) -> torch.Tensor:
+        """The merge weights (K,) on `device`."""
+        return torch.tensor(self.weights, device=self.device)
 
     # The experts' ΔW as a `merge_ops.StackedRows`: computed row block by row block, never all at once.
     def count(self) -> int:
@@ -100,7 +120,7 @@ class ModuleInputs:
         the calls, not the arithmetic, were most of the cost), then scaled: the same bits as each
         expert's `delta_rows`, which the tests check.
         """
-        out = torch.empty(len(self.experts), rows.stop - rows.start, self.shape[1])
+        out = torch.empty(len(self.experts), rows.stop - rows.start, self.shape[1], device=self.device)
         for tasks, B, A, scales in self._rank_groups:
             if len(tasks) == len(self.experts):
                 torch.bmm(B[:, rows], A, out=out).mul_(scales)
@@ -121,18 +141,20 @@ class ModuleInputs:
         groups = []
         for tasks in by_rank.values():
             experts = [self.experts[k] for k in tasks]
-            groups.append((tasks, torch.stack([f.B for f in experts]), torch.stack([f.A for f in experts]),
-                           torch.tensor([f.scale for f in experts], dtype=torch.float32).reshape(-1, 1, 1)))
+            groups.append((tasks, torch.stack([f.B for f in experts]).to(self.device),
+                           torch.stack([f.A for f in experts]).to(self.device),
+                           torch.tensor([f.scale for f in experts], device=self.device).reshape(-1, 1, 1)))
         return groups
 
     def entries(self, flat: torch.Tensor) -> torch.Tensor:
-        """(K, len(flat)): every expert's ΔW at the flat indices `flat`, without forming ΔW."""
-        out = torch.zeros(len(self.experts), flat.numel())
+        """(K, len(flat)) on `device`: every expert's ΔW at the CPU flat indices `flat`, without forming
+        ΔW (computed on the CPU, where the factors are: a few thousand entries)."""
+        out = torch.zeros(len(self.experts), flat.numel(), device="cpu")
         row, col = flat // self.shape[1], flat % self.shape[1]
         for k, factors in enumerate(self.experts):
             if factors is not None:
                 out[k] = factors.scale * (factors.B[row] * factors.A[:, col].T).sum(dim=1)
-        return out
+        return out.to(self.device)
 
 
 @dataclass(frozen=True)

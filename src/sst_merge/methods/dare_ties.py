@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from sst_merge.merge_ops import combine_blocks, dropped_blocks, ties_combine
 from sst_merge.methods.base import Dense, MergeMethod, ModuleInputs, SeededSparsifyParams
 from sst_merge.methods.registry import register
@@ -11,7 +9,7 @@ from sst_merge.methods.registry import register
 
 def dare_ties_module(inputs: ModuleInputs, params: SeededSparsifyParams) -> Dense:
     """peft.utils.merge_utils.dare_ties on the dense ΔW, with the module's seeded generator."""
-    weights = torch.tensor(inputs.weights)
+    weights = inputs.weight_tensor
     blocks = dropped_blocks(inputs, params.density, inputs.generator)
     return Dense(combine_blocks(blocks, lambda block: ties_combine(block, weights), inputs.shape))
 

@@ -28,6 +28,7 @@ import torch
 from pydantic import Field
 
 from sst_merge.chat_data import read_chat_jsonl
+from sst_merge.devices import device_map_for
 from sst_merge.fingerprints import dir_fingerprint, file_fingerprint, tensors_fingerprint
 from sst_merge.fisher import FisherOptions, KFACFactors, Updates, fisher_pass
 from sst_merge.fisher_cache import cache_key, cached_factors
@@ -55,7 +56,6 @@ class FisherPassParams(MethodParams):
     fisher_batch_size: int = Field(8, ge=1, description="examples per forward/backward pass")
     fisher_seed: int = Field(0, description="seed of the label sampling of the true Fisher")
     cache_dir: Path | None = Field(None, description="directory of cached Fisher factors (reused across a sweep)")
-    device: str = Field("cpu", description="device of the Fisher pass: cpu, cuda, or auto (shard over the GPUs)")
     fisher_dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="dtype the model runs in during the Fisher pass (factors are always float64)"
     )
@@ -135,13 +135,6 @@ def identity(job: MergeJob, extra: Sequence[LoraAdapter], point: FisherPoint) ->
         "fisher_at": point.label,
         "point": point.key,
     }
-
-
-def device_map_for(device: str) -> str | None:
-    """The `load_model` device map of a `device` setting: None (one CPU) for cpu, or for auto without CUDA."""
-    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
-        return None
-    return device
 
 
 class FactorSource:

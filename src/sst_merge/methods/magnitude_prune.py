@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from sst_merge.merge_ops import combine_blocks, trimmed_blocks, weighted_sum
 from sst_merge.methods.base import Dense, MergeMethod, ModuleInputs, SparsifyParams
 from sst_merge.methods.registry import register
@@ -11,7 +9,7 @@ from sst_merge.methods.registry import register
 
 def magnitude_prune_module(inputs: ModuleInputs, params: SparsifyParams) -> Dense:
     """peft.utils.merge_utils.magnitude_prune on the dense ΔW of each expert."""
-    weights = torch.tensor(inputs.weights)
+    weights = inputs.weight_tensor
     blocks = trimmed_blocks(inputs, params.density)
     return Dense(combine_blocks(blocks, lambda block: weighted_sum(block, weights), inputs.shape))
 

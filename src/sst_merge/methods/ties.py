@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from sst_merge.merge_ops import combine_blocks, ties_combine, trimmed_blocks
 from sst_merge.methods.base import Dense, MergeMethod, ModuleInputs, SparsifyParams
 from sst_merge.methods.registry import register
@@ -11,7 +9,7 @@ from sst_merge.methods.registry import register
 
 def ties_module(inputs: ModuleInputs, params: SparsifyParams) -> Dense:
     """peft.utils.merge_utils.ties on the dense ΔW of each expert (sign election "total")."""
-    weights = torch.tensor(inputs.weights)
+    weights = inputs.weight_tensor
     blocks = trimmed_blocks(inputs, params.density)
     return Dense(combine_blocks(blocks, lambda block: ties_combine(block, weights), inputs.shape))
 
