@@ -22,6 +22,9 @@ SEVEN_B = dict(
     vocab_size=32000,
     max_position_embeddings=4096,
 )
+# A small Llama of the same kind, for tests of the benchmark scripts themselves.
+TINY = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, vocab_size=4096,
+            max_position_embeddings=512)
 RANK, ALPHA = 16, 32
 # std of the LoRA factors: ΔW entries ≈ (alpha/r)·std²·√r ≈ 0.02, the scale of the base weights,
 # so the peers' bf16 folding (W0 + ΔW_k rounded) stays a small relative perturbation of ΔW.
@@ -41,11 +44,11 @@ def adapter_dir(work: Path, layers: int, k: int) -> Path:
     return work / f"adapters_{layers}L" / f"a{k:02d}"
 
 
-def ensure_base(work: Path, layers: int) -> Path:
-    """Build (once) the bf16 random Llama with `layers` 7B-shaped layers (see `write_random_llama`)."""
+def ensure_base(work: Path, layers: int, shape: dict[str, int] = SEVEN_B) -> Path:
+    """Build (once) the bf16 random Llama with `layers` layers of `shape` (see `write_random_llama`)."""
     out = base_dir(work, layers)
     if not (out / "config.json").is_file():
-        write_random_llama(out, seed=layers, num_hidden_layers=layers, **SEVEN_B)
+        write_random_llama(out, seed=layers, num_hidden_layers=layers, **shape)
     return out
 
 
@@ -110,9 +113,9 @@ def write_random_llama(out: Path, seed: int, **overrides: object) -> Path:
     return out
 
 
-def ensure_adapters(work: Path, layers: int, count: int) -> list[Path]:
+def ensure_adapters(work: Path, layers: int, count: int, shape: dict[str, int] = SEVEN_B) -> list[Path]:
     """Build (once) `count` random rank-16, alpha-32 adapters on all seven projections of that base."""
-    base = ensure_base(work, layers)
+    base = ensure_base(work, layers, shape)
     paths = []
     for k in range(count):
         out = adapter_dir(work, layers, k)
@@ -144,8 +147,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--layers", type=int, default=1)
     parser.add_argument("--adapters", type=int, default=8)
+    parser.add_argument("--tiny", action="store_true", help="small layers instead of 7B-shaped ones (tests)")
     args = parser.parse_args()
-    paths = ensure_adapters(args.work, args.layers, args.adapters)
+    paths = ensure_adapters(args.work, args.layers, args.adapters, TINY if args.tiny else SEVEN_B)
     print(json.dumps({"base": str(base_dir(args.work, args.layers)), "adapters": [str(p) for p in paths]}))
 
 

@@ -72,6 +72,134 @@ def summary_merges(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _minutes(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.2g} s"
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def whole_model(rows: list[dict]) -> list[str]:
+    """The first lines: how long merging K LoRAs into a whole 7B model takes here, and how much memory,
+    from our rows of the largest layer count; the peers' times extrapolated from their one-layer rows."""
+    current = [r for r in rows if r["bench"] == "merge" and not r.get("variant")]
+    layers = max((r.get("layers") or 0 for r in current if r["tool"] == "sst-merge"), default=0)
+    ours = sorted((r for r in current if r["tool"] == "sst-merge" and r.get("layers") == layers
+                   and r.get("wall_s_median")), key=lambda r: (r.get("format") != "full", r["method"]))
+    if layers < 8 or not ours:
+        return []
+    lines = [
+        f"**How long does merging 8 LoRAs into a 7B model take on a laptop, and how much memory?** On this"
+        f" 2-core, 24 GiB machine, a {layers}-layer 7B-shaped model (bf16, 8 rank-16 adapters on all seven"
+        " projections), whole `sst-merge merge` processes:",
+        "",
+        "| merge | output | wall time | peak RSS GB | output GB | file-copy floor (ours at) | runs |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in ours:
+        floor = next((f for f in current if f["tool"] == "floor" and f["method"] == r["method"]
+                      and f.get("format") == r.get("format") and f.get("layers") == layers), None)
+        floor_text = "—"
+        if floor and floor.get("file_copy_s_median"):
+            copy_s = floor["file_copy_s_median"]
+            floor_text = f"{_minutes(copy_s)} ({r['wall_s_median'] / copy_s:.1f}×)"
+        lines.append(f"| {r['method']} | {_output(r)} | {_minutes(r['wall_s_median'])} | {_gb(r.get('peak_rss_bytes'))}"
+                     f" | {_gb(r.get('output_bytes'))} | {floor_text} | {r['n_runs']} |")
+    full = [r for r in ours if r.get("format") == "full"]
+    if full:
+        lines += ["", "In short: " + ", ".join(f"{r['method']} {_minutes(r['wall_s_median'])}" for r in full)
+                  + f" to a full model, in at most {max(r['peak_rss_bytes'] for r in full) / 1e9:.1f} GB of memory"
+                  f" for a {full[0]['output_bytes'] / 1e9:.1f} GB output (tensors are streamed one at a time)."]
+    peers = []
+    groups: dict[tuple, list[dict]] = {}
+    for r in current:
+        if r["tool"] in ("peft", "mergekit") and r.get("layers") == 1 and r["method"] in {o["method"] for o in ours}:
+            groups.setdefault((r["tool"], r["method"], _output(r)), []).append(r)
+    for (tool, method, output), runs in sorted(groups.items()):
+        finished = [r for r in runs if r.get("wall_s_median")]
+        if finished:  # the fastest setting that finished (mergekit: bf16 or float32)
+            r = min(finished, key=lambda r: r["wall_s_median"])
+            dtype = f", {r['merge_dtype']}" if r.get("merge_dtype") else ""
+            peers.append(f"{tool} {method} ({output}{dtype}): ≈ {_minutes(layers * r['wall_s_median'])}"
+                         f" ({layers} × its one-layer {r['wall_s_median']:.3g} s)")
+        else:
+            longest = max(r.get("wall_s_until_stop") or 0 for r in runs)
+            peers.append(f"{tool} {method} ({output}): killed at the 10 GiB cap on ONE layer (after ≤ {longest:.0f} s)")
+    if peers:
+        lines += ["", "Peers, not run on the whole model (extrapolated linearly from their one-layer rows, start-up"
+                      " counted in every layer, so an over-estimate): " + "; ".join(sorted(peers)) + "."]
+    return lines + [""]
+
+
+def gpu_section(rows: list[dict]) -> list[str]:
+    """The GPU check's rows (`benchmarks/gpu_check.sh`), or a line saying it has not run yet."""
+    gpu = [r for r in rows if r["bench"] == "gpu"]
+    if not gpu:
+        return ["On a GPU (`--device cuda`): **not measured yet**: no GPU machine was lent to the sessions that"
+                " built this; `benchmarks/gpu_check.sh` (the 32-layer model's TIES merge and SST-Merge end to end)"
+                " is ready to run on one (see its header).", ""]
+    lines = ["On a GPU (`benchmarks/gpu_check.sh`, `--device cuda`):", "",
+             "| step | layers | GPU | wall time | prepare (Fisher) s | merge + write s | peak RSS GB | peak GPU GB |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in sorted(gpu, key=lambda r: (r["layers"], r["step"])):
+        seconds = r.get("seconds") or {}
+        lines.append(f"| {r['step']} | {r['layers']} | {r.get('gpu') or r['device']} | {_minutes(r['wall_s'])}"
+                     f" | {_s(seconds.get('prepare'))} | {_s(seconds.get('merge_write'))}"
+                     f" | {_gb(r.get('peak_rss_bytes'))} | {_gb(r.get('peak_gpu_bytes'))} |")
+    return lines + [""]
+
+
+# Issue 16's targets: (label, method, output, our time over the file-copy floor at most).
+FLOOR_TARGETS = [("TA", "ta", 3.0), ("TIES", "ties", 8.0), ("DARE-TIES", "dare_ties", 8.0),
+                 ("magnitude prune", "magnitude_prune", 8.0)]
+
+
+def _verdict(met: bool | None) -> str:
+    return "—" if met is None else ("**met**" if met else "**missed**")
+
+
+def targets(rows: list[dict]) -> list[str]:
+    """The targets table: each target met or missed with the measured ratio (one 7B-shaped layer, full
+    output, whole processes; a peer killed at the RSS cap gives a lower bound)."""
+    lines = ["| target | measured | ratio | verdict |", "|---|---|---|---|"]
+    for label, method, most in FLOOR_TARGETS:
+        ours = _ours(rows, method, "full", 1)
+        floor = next((r for r in rows if r["tool"] == "floor" and r["method"] == method and r.get("format") == "full"
+                      and r.get("layers") == 1 and not r.get("variant")), None)
+        if not (ours and floor and floor.get("file_copy_s_median")):
+            continue
+        ratio = ours["wall_s_median"] / floor["file_copy_s_median"]
+        lines.append(f"| {label}, full output, ≤ {most:g}× the file-copy floor | ours {ours['wall_s_median']:.3g} s"
+                     f" (median of {ours['n_runs']}), floor {floor['file_copy_s_median']:.3g} s | {ratio:.1f}×"
+                     f" | {_verdict(ratio <= most)} |")
+    for peer, method, fmt, least in (("mergekit", "ta", "full", 20.0), ("mergekit", "ties", "full", None),
+                                     ("mergekit", "dare_ties", "full", None), ("peft", "ties", "peft", 5.0),
+                                     ("peft", "dare_ties", "peft", 5.0)):
+        ours = _ours(rows, method, fmt, 1)
+        theirs = [r for r in rows if r["tool"] == peer and r["method"] == method and r.get("format") == fmt
+                  and r.get("layers") == 1 and not r.get("variant")]
+        if not (ours and theirs):
+            continue
+        finished = [r for r in theirs if r.get("wall_s_median")]
+        goal = f"≥ {least:g}× faster than {peer}" if least else f"against {peer} (no target: how far it got)"
+        label = f"{method}, {_output(ours)} output, {goal}"
+        if finished:
+            best = min(finished, key=lambda r: r["wall_s_median"])
+            ratio = best["wall_s_median"] / ours["wall_s_median"]
+            dtype = f" ({best['merge_dtype']})" if best.get("merge_dtype") else ""
+            lines.append(f"| {label} | {peer}{dtype} {best['wall_s_median']:.3g} s, ours {ours['wall_s_median']:.3g} s"
+                         f" | {ratio:.1f}× | {_verdict(ratio >= least if least else None)} |")
+        else:
+            longest = max(theirs, key=lambda r: r["wall_s_until_stop"])
+            bound = longest["wall_s_until_stop"] / ours["wall_s_median"]
+            dtype = f" ({longest['merge_dtype']})" if longest.get("merge_dtype") else ""
+            verdict = "**met** (lower bound)" if least and bound >= least else \
+                ("not shown: a lower bound below the target" if least else "—")
+            stopped = f"{peer}{dtype} killed at the 10 GiB cap after {longest['wall_s_until_stop']:.0f} s"
+            lines.append(f"| {label} | {stopped} without an output; ours {ours['wall_s_median']:.3g} s"
+                         f" | > {bound:.1f}× | {verdict} |")
+    return lines
+
+
 def summary_sst(rows: list[dict]) -> list[str]:
     """SST-Merge's current figures against its floor, two plain forward/backward passes over its data."""
     lines = ["| model | K | tokens/dataset | total s | 2 × plain fwd+bwd s | ours at |", "|---|---|---|---|---|---|"]
@@ -209,12 +337,19 @@ def render(results: dict) -> str:
         "`benchmarks/results.json`; every ratio below is recomputed from its raw rows. The current figures",
         "come first; what they were before each change is in the changelog at the end.",
         "",
+        *whole_model(rows),
+        *gpu_section(rows),
         "## Current figures",
         "",
         "Classic merges (K = 8 adapters, rank 16, 7B-shaped layers): ours against the bandwidth floor and",
         "each peer (whole processes, medians; a peer killed at the 10 GiB cap gives a lower bound).",
         "",
         *summary_merges(rows),
+        "",
+        "Targets (one 7B-shaped layer, full output unless named; whole processes, medians, side by side with",
+        "the floor in one run):",
+        "",
+        *targets(rows),
         "",
     ]
     if sst:

@@ -286,6 +286,16 @@ def stage_sst(args: argparse.Namespace) -> None:
         done.touch()
 
 
+def stage_gpu(args: argparse.Namespace) -> None:
+    """Raw rows from the JSON lines `benchmarks/gpu_check.sh` wrote on a GPU machine (`--gpu-rows`)."""
+    if args.gpu_rows is None:
+        print("[bench] gpu: no --gpu-rows given (benchmarks/gpu_check.sh runs on a GPU machine): skipped")
+        return
+    for line in args.gpu_rows.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        save_row(args.work, f"gpu__{row['step']}__{row['layers']}L__{row['device']}", row)
+
+
 def machine_info() -> dict:
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -313,11 +323,13 @@ def row_identity(row: dict) -> tuple:
 
 def kept_rows(previous: list[dict], new: list[dict], before: str | None) -> list[dict]:
     """The rows of the previous results.json to keep beside `new`: those no new row re-measured, and,
-    when `before` labels them, the re-measured ones as history rows (variant `before`)."""
+    when `before` labels them, our own re-measured ones as history rows (variant `before`: what our
+    code did then; a peer's or the floor's re-measured row is replaced)."""
     measured = {row_identity(r) for r in new}
     kept = [r for r in previous if row_identity(r) not in measured]
     if before:
-        kept += [{**r, "variant": before} for r in previous if row_identity(r) in measured and not r.get("variant")]
+        kept += [{**r, "variant": before} for r in previous
+                 if row_identity(r) in measured and not r.get("variant") and r.get("tool", "sst-merge") == "sst-merge"]
     return kept
 
 
@@ -349,6 +361,7 @@ STAGES = {
     "floor": stage_floor,
     "sst": stage_sst,
     "eval": stage_eval,
+    "gpu": stage_gpu,
     "assemble": stage_assemble,
     "render": stage_render,
 }
@@ -370,6 +383,7 @@ def main() -> None:
     parser.add_argument("--peer-runs", type=int, default=1, help="recorded runs of PEFT and mergekit (no warm-up)")
     parser.add_argument("--rss-limit-gb", type=float, default=10.0, help="kill a run whose RSS passes this")
     parser.add_argument("--redo", action="store_true", help="measure again even where a raw row exists")
+    parser.add_argument("--gpu-rows", type=Path, help="stage gpu: the gpu_check.jsonl a GPU machine wrote")
     parser.add_argument("--keep-results", action="store_true",
                         help="assemble: keep the rows of the existing results file that this work dir did not measure")
     parser.add_argument("--before", help="with --keep-results: keep the re-measured rows too, as history with "

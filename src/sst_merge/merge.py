@@ -305,7 +305,8 @@ def _write_peft(
     else:
         rank = max(max(s.exact_rank() for s in svds.values()), 1)
     factors = {}
-    for name, svd in svds.items():
+    for name in list(svds):
+        svd = svds.pop(name)  # each SVD is freed once cut: a whole model's SVDs and factors are GBs each
         factors[name] = svd.factors(rank)
         require_finite(factors[name], _overflow(name))
         report.rel_error[name] = svd.rel_error(rank)
