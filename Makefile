@@ -44,7 +44,7 @@ $(BENCH_VENV)/.installed: benchmarks/requirements.txt constraints.txt
 	touch $@
 
 bench: install $(BENCH_VENV)/.installed
-	$(PY) -m benchmarks.run --layers 1,2
+	$(PY) -m benchmarks.run --layers 1,2,32
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -73,16 +73,32 @@ def ours_cmd(base: Path, adapters: list[Path], method: str, fmt: str, out: Path)
     return cmd
 
 
+# From this many decoder layers a base counts as a whole model: fewer runs, fewer rows.
+WHOLE_MODEL_LAYERS = 8
+
+
+def run_plan(method: str, fmt: str, layers: int, args: argparse.Namespace) -> tuple[int, int] | None:
+    """(recorded runs, warm-ups) of one of our rows, or None where that row is not measured."""
+    if method != "ta" and fmt == "peft":  # a dense SVD of every module at rank 1024: minutes per layer
+        return (1, 0) if layers == 1 else None
+    if layers >= WHOLE_MODEL_LAYERS:  # a whole model: 1-7 min per run
+        if method == "magnitude_prune":  # TIES's passes without the sign election: TIES stands for it
+            return None
+        return (min(args.runs, 3), 0) if method == "ta" else (1, 0)
+    return (args.runs, args.warmup) if method == "ta" else (args.dense_runs, args.dense_warmup)
+
+
 def stage_ours(args: argparse.Namespace) -> None:
     for layers in args.layers:
         base, adapters = inputs(args.work, layers, args.k)
         for method in args.methods:
             for fmt in args.formats:
                 key = f"merge__{method}__sst-merge__{fmt}__{layers}L"
-                if raw_path(args.work, key).is_file() and not args.redo:
+                plan = run_plan(method, fmt, layers, args)
+                if plan is None or (raw_path(args.work, key).is_file() and not args.redo):
                     continue
                 out = args.work / "out" / f"sst-merge_{method}_{fmt}_{layers}L"
-                runs, warmup = (args.runs, args.warmup) if method == "ta" else (args.dense_runs, args.dense_warmup)
+                runs, warmup = plan
                 series = repeat(ours_cmd(base, adapters, method, fmt, out), runs, warmup, args.rss_limit)
                 save_row(
                     args.work,
@@ -293,6 +309,7 @@ def stage_gpu(args: argparse.Namespace) -> None:
         return
     for line in args.gpu_rows.read_text(encoding="utf-8").splitlines():
         row = json.loads(line)
+        row.update(method=row["step"], tool="sst-merge", wall_s_median=row["wall_s"], n_runs=1, rel_err_vs_ours=None)
         save_row(args.work, f"gpu__{row['step']}__{row['layers']}L__{row['device']}", row)
 
 
