@@ -7,6 +7,7 @@ from pathlib import Path
 
 from sst_merge.experiments.cells import merge_summary, resolved_of
 from sst_merge.experiments.report import _exp3, fmt_setting
+from sst_merge.experiments.runner import setting_label
 from sst_merge.merge import build_merge_config, merge_adapters
 
 pytest_plugins = ["sst_fixtures"]  # chat_base, chat_adapters, chat_data
@@ -44,3 +45,10 @@ def test_cell_record_of_a_real_merge_is_json_and_holds_the_resolved_settings(
     resolved = resolved_of(record)
     assert resolved["beta"] == report.resolved["beta"] > 0 and resolved["beta_source"].startswith("calibrated")
     assert resolved_of({"metrics": {}}) == {}
+
+
+def test_safety_tax_labels_show_the_calibrated_number_not_none():
+    resolved = {"beta": 3.2381, "beta_source": "calibrated: removes safety_share = 0.995 of …"}
+    assert setting_label({"param": "beta", "value": None, "resolved": resolved}) == "beta=3.238 (calibrated)"
+    assert setting_label({"param": "beta", "value": 10.0, "resolved": {"beta": 10.0}}) == "beta=10.0"
+    assert setting_label({"param": "energy", "value": 0.9}) == "energy=0.9"

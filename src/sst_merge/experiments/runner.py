@@ -428,11 +428,21 @@ def paired_comparisons(runner: Runner, k: int, methods: dict[str, MethodSpec], s
             "val_normalized_accuracy": our_val, "against": against}
 
 
+def setting_label(row: dict[str, Any]) -> str:
+    """`beta=3` for a swept value, `beta=3.238 (calibrated)` for one the method resolved (never None)."""
+    param, value, resolved = row["param"], row["value"], row.get("resolved") or {}
+    if value is None and resolved.get(param) is not None:
+        source = str(resolved.get(f"{param}_source", "resolved")).split(":")[0]
+        number = resolved[param]
+        return f"{param}={number:.4g} ({source})" if isinstance(number, int | float) else f"{param}={number} ({source})"
+    return f"{param}={value}"
+
+
 def _setting(label: str, row: dict[str, Any]) -> Setting:
     test = row["test"]
     return Setting(
         method=label,
-        label=f"{row['param']}={row['value']}",
+        label=setting_label(row),
         utility=test["normalized_accuracy"] or 0.0,
         safety=test["refusal"]["value"],
         safety_successes=test["refusal"]["successes"],

@@ -82,11 +82,14 @@ from sst_merge.methods.registry import register
 from sst_merge.subspace import ModuleSubspace
 
 # Share of the task-arithmetic update's safety-Fisher energy that the default (calibrated) β removes.
-# 0.9 was picked among 0.5/0.9/0.99 on the validation split of a synthetic testbed build whose safety
-# Fisher was degenerate (taken at the base, on rows the base was trained on: ~1e-9 of the utility
-# Fisher), so that choice carries little evidence. It is to be re-chosen on the real organism's
-# validation split; the β each merge used is recorded in its report and provenance either way.
-DEFAULT_SAFETY_SHARE = 0.9
+# Chosen on the real organism's validation split (smollm2-135m, K = 8; base validation refusal 1.0, so
+# the selection floor is 0.9): β = 1 removed 98.09 % and kept validation refusal 0.833 (below the
+# floor), β = 3 removed 99.45 % and kept 0.967 (the validation choice), β = 10 removed 99.88 % and kept
+# 1.0 at a quarter of β = 3's validation utility (normalised accuracy 0.075 against 0.276). The default
+# asks for 99.5 %, just past the validated β = 3. (0.9, the
+# earlier default, came from a synthetic testbed whose safety Fisher was degenerate: on the real
+# organism it keeps no refusal.) The β each merge used is recorded in its report and provenance.
+DEFAULT_SAFETY_SHARE = 0.995
 
 
 class SSTParams(FisherParams):
