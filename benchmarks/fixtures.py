@@ -74,7 +74,8 @@ def write_random_llama(out: Path, seed: int, **overrides: object) -> Path:
     """A random bf16 Llama as transformers saves one (config.json, safetensors shards and their index),
     written shard by shard: a 32-layer 7B-shaped model (13.5 GB) never is in memory whole, where
     building the model and calling save_pretrained would hold all of it."""
-    config = tiny_llama_config(**overrides, torch_dtype="bfloat16")
+    # `architectures` as save_pretrained of the model writes it (peers such as mergekit read it).
+    config = tiny_llama_config(**overrides, torch_dtype="bfloat16", architectures=["LlamaForCausalLM"])
     gen = torch.Generator().manual_seed(seed)
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0

@@ -27,6 +27,7 @@ def test_sharded_random_llama_loads_in_transformers_with_every_weight(tmp_path: 
     state = model.state_dict()
     assert set(index["weight_map"]) == set(state)
     assert model.config.num_hidden_layers == 3
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
     q = state["model.layers.2.self_attn.q_proj.weight"]
     assert q.dtype == torch.bfloat16 and 0.01 < float(q.float().std()) < 0.03  # loaded as saved, not re-initialised
     assert torch.equal(state["model.norm.weight"], torch.ones(32, dtype=torch.bfloat16))
