@@ -77,30 +77,29 @@ def write_random_llama(out: Path, seed: int, **overrides: object) -> Path:
     # `architectures` as save_pretrained of the model writes it (peers such as mergekit read it).
     config = tiny_llama_config(**overrides, torch_dtype="bfloat16", architectures=["LlamaForCausalLM"])
     gen = torch.Generator().manual_seed(seed)
-    shards: list[dict[str, torch.Tensor]] = [{}]
-    size = 0
     tmp = out.with_name(out.name + ".partial")
     tmp.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
 
-    def flush() -> None:
+    def flush(shard: dict[str, torch.Tensor]) -> None:
         written.append(tmp / f"shard-{len(written):05d}.safetensors")
-        save_file(shards[-1], str(written[-1]), metadata={"format": "pt"})
-        shards[-1] = {}
+        save_file(shard, str(written[-1]), metadata={"format": "pt"})
 
-    weight_map: dict[str, int] = {}
+    shard: dict[str, torch.Tensor] = {}
+    weight_map: dict[str, int] = {}  # tensor name → shard number
+    size = total = 0
     for name, shape in llama_tensor_shapes(config):
         bytes_ = 2 * torch.Size(shape).numel()
-        if shards[-1] and size + bytes_ > SHARD_BYTES:
-            flush()
-            size = 0
+        if shard and size + bytes_ > SHARD_BYTES:
+            flush(shard)
+            shard, size = {}, 0
         is_norm = len(shape) == 1
         tensor = torch.ones(shape) if is_norm else torch.randn(shape, generator=gen).mul_(BASE_STD)
-        shards[-1][name] = tensor.to(torch.bfloat16)
+        shard[name] = tensor.to(torch.bfloat16)
         weight_map[name] = len(written)
         size += bytes_
-    flush()
-    total = sum(2 * torch.Size(s).numel() for _, s in llama_tensor_shapes(config))
+        total += bytes_
+    flush(shard)
     if len(written) == 1:
         written[0].rename(tmp / "model.safetensors")
     else:

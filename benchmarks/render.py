@@ -16,9 +16,14 @@ def _gb(value: int | None) -> str:
     return "—" if not value else f"{value / 1e9:.2f}"
 
 
-def _ours(rows: list[dict], method: str, fmt: str, layers: int) -> dict | None:
-    return next((r for r in rows if r["tool"] == "sst-merge" and r["method"] == method and r.get("format") == fmt
+def _current(rows: list[dict], tool: str, method: str, fmt: str | None, layers: int) -> dict | None:
+    """The current (not history) row of `tool` for that method, output and layer count."""
+    return next((r for r in rows if r["tool"] == tool and r["method"] == method and r.get("format") == fmt
                  and r.get("layers") == layers and not r.get("variant")), None)
+
+
+def _ours(rows: list[dict], method: str, fmt: str, layers: int) -> dict | None:
+    return _current(rows, "sst-merge", method, fmt, layers)
 
 
 def _faster_by(r: dict, ours: dict | None) -> str:
@@ -96,8 +101,7 @@ def whole_model(rows: list[dict]) -> list[str]:
         "|---|---|---|---|---|---|---|",
     ]
     for r in ours:
-        floor = next((f for f in current if f["tool"] == "floor" and f["method"] == r["method"]
-                      and f.get("format") == r.get("format") and f.get("layers") == layers), None)
+        floor = _current(current, "floor", r["method"], r.get("format"), layers)
         floor_text = "—"
         if floor and floor.get("file_copy_s_median"):
             copy_s = floor["file_copy_s_median"]
@@ -163,8 +167,7 @@ def targets(rows: list[dict]) -> list[str]:
     lines = ["| target | measured | ratio | verdict |", "|---|---|---|---|"]
     for label, method, most in FLOOR_TARGETS:
         ours = _ours(rows, method, "full", 1)
-        floor = next((r for r in rows if r["tool"] == "floor" and r["method"] == method and r.get("format") == "full"
-                      and r.get("layers") == 1 and not r.get("variant")), None)
+        floor = _current(rows, "floor", method, "full", 1)
         if not (ours and floor and floor.get("file_copy_s_median")):
             continue
         ratio = ours["wall_s_median"] / floor["file_copy_s_median"]

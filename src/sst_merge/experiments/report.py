@@ -32,16 +32,21 @@ def _fmt_value(value: Any) -> str:
     return str(value)
 
 
+def resolved_text(param: str, value: Any, resolved: dict[str, Any]) -> str | None:
+    """`3.238 (calibrated)`: the number a method resolved for a setting left open (None), with where it
+    came from; None when the setting was given or nothing was resolved."""
+    if value is None and resolved.get(param) is not None:
+        source = str(resolved.get(f"{param}_source", "resolved")).split(":")[0]
+        return f"{_fmt_value(resolved[param])} ({source})"
+    return None
+
+
 def fmt_setting(param: str, value: Any, resolved: dict[str, Any] | None = None, scale: float | None = None) -> str:
     """`beta = 4.7e+07 (calibrated); scale = 0.5; safety energy removed = 0.9`: the swept setting, with the
     number the method resolved where the setting left it open (None), the experts' uniform weight when
     another parameter was swept, and the other resolved numbers worth showing."""
     resolved = resolved or {}
-    if value is None and resolved.get(param) is not None:
-        source = str(resolved.get(f"{param}_source", "resolved")).split(":")[0]
-        text = f"{param} = {_fmt_value(resolved[param])} ({source})"
-    else:
-        text = f"{param} = {_fmt_value(value)}"
+    text = f"{param} = {resolved_text(param, value, resolved) or _fmt_value(value)}"
     extra = [f"scale = {_fmt_value(scale)}"] if scale is not None and param != "scale" else []
     extra += [f"{label} = {_fmt_value(resolved[key])}" for key, label in RESOLVED_SHOWN.items()
               if key != param and resolved.get(key) is not None]

@@ -21,6 +21,7 @@ from sst_merge.eval.safety_tax import SafetyTaxCalculator, Setting
 from sst_merge.experiments.cells import Cell, CellStore, merge_summary, resolved_of
 from sst_merge.experiments.config import ExperimentConfig, MethodSpec, Mode
 from sst_merge.experiments.paired import matched_utility_row, paired_difference
+from sst_merge.experiments.report import resolved_text
 from sst_merge.experiments.subject import Subject, resolve_subject
 from sst_merge.merge import MergeConfig, merge_adapters
 from sst_merge.methods import get_method
@@ -430,12 +431,8 @@ def paired_comparisons(runner: Runner, k: int, methods: dict[str, MethodSpec], s
 
 def setting_label(row: dict[str, Any]) -> str:
     """`beta=3` for a swept value, `beta=3.238 (calibrated)` for one the method resolved (never None)."""
-    param, value, resolved = row["param"], row["value"], row.get("resolved") or {}
-    if value is None and resolved.get(param) is not None:
-        source = str(resolved.get(f"{param}_source", "resolved")).split(":")[0]
-        number = resolved[param]
-        return f"{param}={number:.4g} ({source})" if isinstance(number, int | float) else f"{param}={number} ({source})"
-    return f"{param}={value}"
+    param, value = row["param"], row["value"]
+    return f"{param}={resolved_text(param, value, row.get('resolved') or {}) or value}"
 
 
 def _setting(label: str, row: dict[str, Any]) -> Setting:
