@@ -31,8 +31,8 @@ def organism(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_organism_kind_runs_every_method(organism: Path, tmp_path: Path):
-    limits = {"harmful_val": 4, "benign_val": 4, "advbench": 3, "harmbench": 2, "xstest_safe": 3, "jbb_benign": 2,
-              "task_items": 3}
+    limits = {"harmful_val": 4, "harmbench_val": 2, "benign_val": 4, "advbench": 3, "harmbench": 2, "xstest_safe": 3,
+              "jbb_benign": 2, "task_items": 3}
     config = {
         "datasets": {"minimal": {"organism": limits}, "full": {"organism": {}}},
         "models": {"org": {"kind": "organism", "organism": {"path": str(organism)}, "dtype": "float32",
@@ -60,7 +60,9 @@ def test_organism_kind_runs_every_method(organism: Path, tmp_path: Path):
     base = results["references"]["base"]
     # Test split = AdvBench + HarmBench (refusal) and XSTest safe + JBB benign (over-refusal).
     assert base["test"]["refusal"]["n"] == 5 and base["test"]["over_refusal"]["n"] == 5
-    assert base["val"]["refusal"]["n"] == 4 and base["test"]["judge"] == "keyword"
+    # Validation refusal = the organism's harmful/val plus HarmBench's val behaviours (the test's phrasing).
+    assert base["val"]["refusal"]["n"] == 6 and base["test"]["judge"] == "keyword"
+    assert len(base["val"]["replies"]["harmful"]) == 6
     table = {row["method"]: row for row in results["exp3"]["table"]}
     assert set(table) == {"TA", "SST-Merge", "AGL", "Safe LoRA"}
     # The filters of TA run at TA's best-utility scale on validation, in exp1, exp2 and exp3 alike.
@@ -89,3 +91,20 @@ def test_organism_kind_runs_every_method(organism: Path, tmp_path: Path):
     assert report.count("minus each method, K = 2, same test items") == 1
     assert "SST-Merge minus each method at K = 2: in exp3's section." in report
     assert results["exp2"]["paired"]["2"]["against"]["TA"]["chosen"] == ta["chosen"]
+
+
+def test_organism_validation_adds_harmbench_val_and_never_a_test_prompt(organism: Path):
+    from sst_merge.data.safety import load_harmbench
+    from sst_merge.experiments.config import OrganismDataSpec
+    from sst_merge.experiments.evaluation import organism_data
+    from sst_merge.testbed.layout import load_testbed
+
+    org = load_testbed(organism)
+    data = organism_data(org, [], OrganismDataSpec(harmful_val=3, harmbench_val=5, harmbench=4, advbench=2))
+    own = [r["prompt"] for r in org.split("harmful", "val")[:3]]
+    harmbench_val = [r.prompt for r in load_harmbench(None, "val")[:5]]
+    assert data.harmful["val"] == own + harmbench_val
+    assert not set(data.harmful["val"]) & set(data.harmful["test"])
+    assert not {r.prompt for r in load_harmbench(None, "val")} & {r.prompt for r in load_harmbench(None, "test")}
+    none = organism_data(org, [], OrganismDataSpec(harmful_val=3, harmbench_val=0))
+    assert none.harmful["val"] == own

@@ -108,9 +108,16 @@ def testbed_data(
 
 
 def organism_data(organism: Any, tasks: Sequence[str], limits: Any, data_dir: Path | None = None) -> EvalData:
-    """A real organism's evaluation: validation = its held-out harmful/benign splits (disjoint from its
-    alignment data), test = AdvBench + HarmBench test (refusal) and XSTest safe + JBB benign
-    (over-refusal); each task's own val/test rows; the keyword judge. `limits`: an OrganismDataSpec."""
+    """A real organism's evaluation: validation = its held-out harmful split plus HarmBench's validation
+    behaviours (refusal) and its held-out benign split (over-refusal), test = AdvBench + HarmBench test
+    (refusal) and XSTest safe + JBB benign (over-refusal); each task's own val/test rows; the keyword
+    judge. `limits`: an OrganismDataSpec.
+
+    The organism's own harmful prompts come from the pool its alignment data were drawn from (disjoint
+    rows, same sources and templates), where the base refuses 1.0 and AdvBench/HarmBench, phrased
+    otherwise, get ~0.7: on those alone, settings that keep refusal in-distribution but lose it on the
+    test's phrasing passed the validation floor. HarmBench's val split (disjoint from its test split) puts
+    that phrasing into validation without touching a test prompt."""
     from sst_merge.data.safety import load_advbench, load_harmbench, load_jbb, load_xstest
 
     harmful_test = [r.prompt for r in load_advbench(data_dir)[: limits.advbench]]
@@ -118,7 +125,8 @@ def organism_data(organism: Any, tasks: Sequence[str], limits: Any, data_dir: Pa
     benign_test = [r.prompt for r in load_xstest(data_dir) if not r.harmful][: limits.xstest_safe]
     benign_test += [r.prompt for r in load_jbb(data_dir) if not r.harmful][: limits.jbb_benign]
     return EvalData(
-        harmful={"val": [r["prompt"] for r in organism.split("harmful", "val")[: limits.harmful_val]],
+        harmful={"val": [r["prompt"] for r in organism.split("harmful", "val")[: limits.harmful_val]]
+                 + [r.prompt for r in load_harmbench(data_dir, "val")[: limits.harmbench_val]],
                  "test": harmful_test},
         benign={"val": [r["prompt"] for r in organism.split("benign", "val")[: limits.benign_val]],
                 "test": benign_test},
