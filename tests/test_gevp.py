@@ -13,6 +13,7 @@ from sst_merge.gevp import (
     DegenerateSpectrumWarning,
     calibrate_beta,
     diagonal_gevp,
+    energy_spectrum,
     first_order_filter,
     first_order_rank_one,
     hard_keep_mask,
@@ -22,6 +23,7 @@ from sst_merge.gevp import (
     pooling_weights,
     safety_energy,
     soft_filter,
+    utility_energy_lost,
 )
 
 
@@ -100,6 +102,36 @@ def test_safety_energy_is_the_fisher_quadratic_form(factors: dict[str, torch.Ten
     filtered = eig.reconstruct(eig.coefficients(delta) * soft_filter(eig.lam, 2.0))
     expected = vec(filtered) @ F_s @ vec(filtered)
     assert safety_energy(eig.lam, eig.coefficients(delta), 2.0) == pytest.approx(expected, rel=1e-9)
+
+
+def test_utility_energy_lost_is_the_utility_fisher_distance(factors: dict[str, torch.Tensor]) -> None:
+    """Σ(c − c')²/Σc² = ‖δ'−δ‖²_{F_u} / ‖δ‖²_{F_u} with the dense damped F_u, for the soft filter."""
+    eig = kronecker_gevp(factors["A_s"], factors["G_s"], factors["A_u"], factors["G_u"], GAMMA)
+    _, F_u = dense_fishers(factors, eig)
+    delta = torch.randn(P, Q, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
+    c = eig.coefficients(delta)
+    filtered = c * soft_filter(eig.lam, 3.0)
+    moved = vec(delta - eig.reconstruct(filtered))
+    expected = (moved @ F_u @ moved) / (vec(delta) @ F_u @ vec(delta))
+    assert utility_energy_lost([(eig.lam, c, filtered)]) == pytest.approx(expected, rel=1e-9)
+    assert utility_energy_lost([(eig.lam, c, c)]) == 0.0
+    assert utility_energy_lost([(eig.lam, torch.zeros_like(c), torch.zeros_like(c))]) is None
+
+
+def test_energy_spectrum_bins_utility_and_safety_energy_by_lambda() -> None:
+    lam = torch.tensor([[1e-5, 0.5], [20.0, 1e6]], dtype=torch.float64)
+    c = torch.tensor([[1.0, 2.0], [1.0, 1.0]], dtype=torch.float64)
+    bins = energy_spectrum([(lam, c), (torch.tensor([0.01]), torch.tensor([3.0]))], edges=(0.1, 1.0, 100.0))
+    assert [(b["lambda_from"], b["lambda_to"]) for b in bins] == [(0.0, 0.1), (0.1, 1.0), (1.0, 100.0),
+                                                                   (100.0, float("inf"))]
+    utility = [1.0 + 9.0, 4.0, 1.0, 1.0]  # c² per bin: λ 1e-5 and 0.01 | 0.5 | 20 | 1e6
+    safety = [1e-5 + 0.09, 2.0, 20.0, 1e6]  # λc²
+    for got, u, s in zip(bins, utility, safety, strict=True):
+        assert got["utility_share"] == pytest.approx(u / sum(utility))
+        assert got["safety_share"] == pytest.approx(s / sum(safety))
+    # an edge belongs to the bin above it
+    edge = energy_spectrum([(torch.tensor([1.0]), torch.tensor([1.0]))], edges=(0.1, 1.0, 100.0))
+    assert [b["utility_share"] for b in edge] == [0.0, 0.0, 1.0, 0.0]
 
 
 def test_calibrated_beta_removes_the_asked_share(factors: dict[str, torch.Tensor]) -> None:

@@ -57,6 +57,13 @@ def test_inspect_writes_json_and_png(chat_base: Path, chat_adapters: list[Path],
     assert abs(summary["safety_energy_kept_share"] + summary["safety_energy_removed_share"] - 1) < 1e-12
     # the filter costs safety energy faster than utility energy (it targets high-λ directions)
     assert summary["utility_energy_kept_share"] > summary["safety_energy_kept_share"]
+    assert 0 < summary["utility_energy_lost_share"] < 1
+    spectrum = summary["energy_spectrum"]
+    for share in ("utility_share", "safety_share"):
+        assert sum(b[share] for b in spectrum) == pytest.approx(1.0)
+    # safety energy λc² sits at larger λ than utility energy c²: its mean bin is higher
+    mean_bin = {share: sum(i * b[share] for i, b in enumerate(spectrum)) for share in ("utility_share", "safety_share")}
+    assert mean_bin["safety_share"] >= mean_bin["utility_share"]
     module = report["modules"]["model.layers.1.mlp.down_proj"]
     assert module["overlaps"]["column"][0][0] == 1.0 or abs(module["overlaps"]["column"][0][0] - 1) < 1e-9
     assert module["overlaps"]["column"][2][1] is not None and module["overlaps"]["column"][0][2] is not None

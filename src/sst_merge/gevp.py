@@ -340,3 +340,42 @@ def calibrate_beta(spectra: Iterable[tuple[torch.Tensor, torch.Tensor]], share: 
         if hi / lo < 1 + 1e-10:
             break
     return math.sqrt(lo * hi)
+
+
+def utility_energy_lost(spectra: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> float | None:
+    """Share of the update's utility-Fisher energy that a filter moves it by: Σ(c − c')² / Σc² over
+    (λ, c, c') of every module. In the eigenbasis XᵀF_uX = I the coefficients' squares are F_u's energy,
+    so this is ‖δ'−δ_u‖²_{F_u} / ‖δ_u‖²_{F_u}: what the utility term of the objective says the filter
+    costs. None without utility energy."""
+    moved = total = 0.0
+    for _, c, filtered in spectra:
+        total += float((c.double() ** 2).sum())
+        moved += float(((c.double() - filtered.double()) ** 2).sum())
+    return moved / total if total > TINY else None
+
+
+# Decades of λ over which `energy_spectrum` bins the energies (λ below the first / above the last edge
+# fall into the first / last bin).
+SPECTRUM_EDGES = tuple(10.0**k for k in range(-3, 4))
+
+
+def energy_spectrum(spectra: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                    edges: Sequence[float] = SPECTRUM_EDGES) -> list[dict[str, float]]:
+    """Where an update's energy sits along λ = (safety curvature)/(utility curvature): for each bin of λ
+    (below edges[0], between consecutive edges, above edges[-1]) the share of its utility energy Σc² and
+    of its safety energy Σλc², over (λ, c) of every module. A filter can remove safety energy cheaply
+    only where the safety share sits at larger λ than the utility share; where both sit in the same
+    bins, keeping safety costs utility whatever β is."""
+    bounds = torch.tensor([0.0, *edges, math.inf], dtype=torch.float64)
+    utility = torch.zeros(len(bounds) - 1, dtype=torch.float64)
+    safety = torch.zeros_like(utility)
+    for lam, c in spectra:
+        lam, c2 = lam.double().flatten(), c.double().flatten() ** 2
+        index = (torch.bucketize(lam, bounds[1:-1], right=True)).clamp(0, len(utility) - 1)
+        utility.index_add_(0, index, c2)
+        safety.index_add_(0, index, lam * c2)
+    u_total, s_total = float(utility.sum()), float(safety.sum())
+    return [{"lambda_from": float(bounds[i]), "lambda_to": float(bounds[i + 1]),
+             "utility_share": float(utility[i]) / u_total if u_total > TINY else 0.0,
+             "safety_share": float(safety[i]) / s_total if s_total > TINY else 0.0}
+            for i in range(len(utility))]

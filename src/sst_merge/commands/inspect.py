@@ -3,7 +3,8 @@
 Runs SST's preparation (subspaces, Fisher factors — cached —, GEVPs) and writes `inspect.json` and
 `inspect.png` into the output directory: per module the generalized eigenvalues λ, the share of the
 task-arithmetic update's safety-Fisher energy Σλc² that the filter at β keeps and removes (and of its
-utility-Fisher energy Σc²), and the pairwise overlaps of the experts' column and row spaces.
+utility-Fisher energy Σc²), where both energies sit along λ (all modules), and the pairwise overlaps
+of the experts' column and row spaces.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ import torch
 from rich.console import Console
 
 from sst_merge.atomic import atomic_output_dir, check_output, write_json_atomic
-from sst_merge.gevp import soft_filter
+from sst_merge.gevp import soft_filter, utility_energy_lost
 from sst_merge.lora import LoraFactors
 from sst_merge.merge import build_merge_config, load_inputs, prepare
-from sst_merge.methods.sst import SSTContext, utility_core
+from sst_merge.methods.sst import SSTContext, update_spectrum, utility_core
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -115,6 +116,12 @@ def run(args: argparse.Namespace) -> int:
         "safety_energy_removed_share": None if totals["safety_energy"] <= 0 else
         1 - totals["safety_energy_kept"] / totals["safety_energy"],
         "utility_energy_kept_share": ratio(totals["utility_energy_kept"], totals["utility_energy"]),
+        # ‖δ'−δ_u‖²_{F_u} / ‖δ_u‖²_{F_u}: the objective's utility price of the filter (as a merge records it)
+        "utility_energy_lost_share": utility_energy_lost(
+            (ctx.lam, c, c * soft_filter(ctx.lam, beta))
+            for ctx in contexts.values() if ctx.lam is not None
+            for c in [ctx.coefficients(utility_core(ctx.subspace, loaded.job.weights))]),
+        "energy_spectrum": update_spectrum(contexts),
         "adapters": [str(p) for p in args.adapters],
         "mean_overlap": mean_overlaps(modules, len(args.adapters)),
     }

@@ -56,6 +56,7 @@ from sst_merge.gevp import (
     Eigenbasis,
     calibrate_beta,
     diagonal_gevp,
+    energy_spectrum,
     first_order_filter,
     first_order_rank_one,
     hard_keep_mask,
@@ -63,6 +64,7 @@ from sst_merge.gevp import (
     kronecker_gevp,
     safety_energy,
     soft_filter,
+    utility_energy_lost,
 )
 from sst_merge.methods.base import Factored, MergeJob, MergeMethod, ModuleInputs, Prepared
 from sst_merge.methods.fisher_setup import (
@@ -284,6 +286,19 @@ def removed_share(contexts: dict[str, SSTContext], params: SSTParams) -> float |
     return 1.0 - after / before if before > 0 else None
 
 
+def utility_lost_share(contexts: dict[str, SSTContext], params: SSTParams) -> float | None:
+    """Share of the task-arithmetic update's utility-Fisher energy that the filter moves it by (all
+    modules, `gevp.utility_energy_lost`): the utility price the objective itself puts on the merge."""
+    return utility_energy_lost((ctx.eig.lam, ctx.c_u, filter_coefficients(ctx, params)[0])
+                               for ctx in contexts.values() if ctx.eig is not None and ctx.c_u is not None)
+
+
+def update_spectrum(contexts: dict[str, SSTContext]) -> list[dict[str, float]]:
+    """Where the task-arithmetic update's utility and safety energy sit along λ (`gevp.energy_spectrum`)."""
+    return energy_spectrum((ctx.eig.lam, ctx.c_u) for ctx in contexts.values()
+                           if ctx.eig is not None and ctx.c_u is not None)
+
+
 def first_order_prediction(contexts: dict[str, SSTContext], params: SSTParams) -> float:
     """The change of the safety loss (nats per position) that the first-order model predicts for the
     merge, from the point it was taken at: Σ_modules ĝ·(c'−c_a) + ½ Σ λ (c'−c_a)². A drop larger than
@@ -301,7 +316,8 @@ def first_order_prediction(contexts: dict[str, SSTContext], params: SSTParams) -
 
 def resolve_sst(prepared: Prepared, params: SSTParams) -> dict[str, Any]:
     """The filter a merge used — β (given, or calibrated, with its rule) or ρ — the safety energy it
-    removed, the Fisher points with the safety NLL there, and the pooling."""
+    removed and the utility energy it cost, where both sit along λ, the Fisher points with the safety
+    NLL there, and the pooling."""
     contexts: dict[str, SSTContext] = prepared.modules
     if params.hard_top is not None:
         chosen: dict[str, Any] = {"filter": "hard_top", "hard_top": params.hard_top}
@@ -318,6 +334,8 @@ def resolve_sst(prepared: Prepared, params: SSTParams) -> dict[str, Any]:
         "first_order": params.first_order,
         **predicted,
         "safety_energy_removed": removed_share(contexts, params),
+        "utility_energy_lost": utility_lost_share(contexts, params),
+        "energy_spectrum": update_spectrum(contexts),
         "fisher": params.fisher,
         "utility_pooling": params.utility_pooling,
         **prepared.facts,
