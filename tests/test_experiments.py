@@ -192,6 +192,28 @@ def test_shipped_config_validates():
     assert set(config.methods) == {"TA", "TIES", "DARE", "AGL", "SST-Merge", "Safe LoRA"}
 
 
+def test_sst_variants_config_extends_the_shipped_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    configs = Path(__file__).parents[1] / "configs"
+    shipped = load_experiment_config(configs / "experiment_config_real.yaml")
+    variants = load_experiment_config(configs / "sst_variants.yaml")
+    assert variants.datasets == shipped.datasets and variants.models == shipped.models
+    assert variants.selection == shipped.selection and variants.experiments == shipped.experiments
+    # TA and SST-Merge as shipped, so a copy of a shipped run's cells is reused
+    assert variants.methods["TA"] == shipped.methods["TA"]
+    for field in ("method", "scale_from", "params"):
+        assert getattr(variants.methods["SST-Merge"], field) == getattr(shipped.methods["SST-Merge"], field)
+    assert all(spec.method == "sst" for label, spec in variants.methods.items() if label != "TA")
+    # an extended config that extends again, or is missing, is one line naming the file
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\nmethods: {}\n")
+    (tmp_path / "b.yaml").write_text("extends: c.yaml\n")
+    assert main(["experiment", "--config", str(tmp_path / "a.yaml"), "--output", str(tmp_path / "out")]) == 2
+    assert "b.yaml" in capsys.readouterr().err
+    (tmp_path / "a.yaml").write_text("extends: missing.yaml\n")
+    assert main(["experiment", "--config", str(tmp_path / "a.yaml"), "--output", str(tmp_path / "out")]) == 2
+    assert "missing.yaml: experiment config not found" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_hub_model_path_on_a_local_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A `kind: hub` model runs through the same runner: shared safety data, the experts' own task data."""
     from eval_fixtures import make_random_chat_model

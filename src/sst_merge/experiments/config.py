@@ -181,14 +181,30 @@ class ExperimentConfig(Strict):
 
 
 def load_experiment_config(path: str | Path) -> ExperimentConfig:
-    """Read and validate the experiment YAML; every problem is an InputError naming the file."""
+    """Read and validate the experiment YAML; every problem is an InputError naming the file.
+
+    `extends: other.yaml` (relative to this file) takes every top-level section from that config and
+    replaces the ones this file gives: a study of other methods on the same models and data (e.g.
+    `configs/sst_variants.yaml`) then shares its datasets, models and selection rule, and so the cells a
+    run of the other config already finished. The extended file may not extend another."""
     path = Path(path)
+    data = _read_config(path)
+    if isinstance(data, dict) and "extends" in data:
+        parent_path = path.parent / str(data.pop("extends"))
+        parent = _read_config(parent_path)
+        if not isinstance(parent, dict) or "extends" in parent:
+            raise InputError("an extended config must be a mapping that extends nothing itself", parent_path)
+        data = {**parent, **data}
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise InputError(validation_message(exc), path) from exc
+
+
+def _read_config(path: Path) -> Any:
     if not path.is_file():
         raise InputError("experiment config not found", path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        return ExperimentConfig.model_validate(data)
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise InputError(f"invalid YAML ({exc})", path) from exc
-    except ValidationError as exc:
-        raise InputError(validation_message(exc), path) from exc

@@ -18,7 +18,8 @@ def fmt_rate(rate: dict[str, Any] | None) -> str:
 
 # Resolved settings worth a place in the tables, and how they are labelled there.
 RESOLVED_SHOWN = {
-    "beta": "β", "hard_top": "ρ", "safety_energy_removed": "safety energy removed", "top_k": "top_k",
+    "beta": "β", "hard_top": "ρ", "safety_energy_removed": "safety energy removed",
+    "utility_energy_lost": "utility energy lost", "top_k": "top_k",
     "energy": "energy", "critical_directions": "critical directions", "threshold": "τ",
     "num_proj_layers": "modules", "treated": "treated",
 }
