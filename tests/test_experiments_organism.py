@@ -76,6 +76,8 @@ def test_organism_kind_runs_every_method(organism: Path, tmp_path: Path):
     assert calibrated["resolved"]["beta"] > 0  # the calibrated β is recorded, not "None"
     # and what the filter cost in the objective's own utility term, with where the energies sit along λ
     assert 0 < calibrated["resolved"]["utility_energy_lost"] < 1
+    quadratic = calibrated["resolved"]["safety_quadratic_merge"] / calibrated["resolved"]["safety_quadratic_ta"]
+    assert quadratic == pytest.approx(1 - calibrated["resolved"]["safety_energy_removed"])
     assert sum(b["safety_share"] for b in calibrated["resolved"]["energy_spectrum"]) == pytest.approx(1.0)
     assert next(r for r in sst_rows if r["value"] == 10.0)["resolved"]["beta"] == 10.0
     assert "None" not in (out / "report.md").read_text().split("exp3")[-1].split("\n\n")[0]

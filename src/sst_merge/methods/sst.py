@@ -274,15 +274,22 @@ def prepare_sst(job: MergeJob, params: SSTParams) -> Prepared:
     return Prepared(contexts, facts)
 
 
-def removed_share(contexts: dict[str, SSTContext], params: SSTParams) -> float | None:
-    """Share of the task-arithmetic update's safety-Fisher energy Σλc_u² (all modules, the last round's
-    F_s) that the filtered utility update no longer has; None when there is none."""
+def safety_energies(contexts: dict[str, SSTContext], params: SSTParams) -> tuple[float, float]:
+    """(Σλc_u², Σλc'²) over all modules: vec(δ)ᵀ F_s vec(δ) of the task-arithmetic update and of the
+    filtered one (the last round's F_s, a per-position Fisher, so in nats per position)."""
     before = after = 0.0
     for ctx in contexts.values():
         if ctx.eig is None:
             continue
         before += safety_energy(ctx.eig.lam, ctx.c_u)
         after += safety_energy(ctx.eig.lam, filter_coefficients(ctx, params)[0])
+    return before, after
+
+
+def removed_share(contexts: dict[str, SSTContext], params: SSTParams) -> float | None:
+    """Share of the task-arithmetic update's safety-Fisher energy Σλc_u² (all modules, the last round's
+    F_s) that the filtered utility update no longer has; None when there is none."""
+    before, after = safety_energies(contexts, params)
     return 1.0 - after / before if before > 0 else None
 
 
@@ -329,11 +336,15 @@ def resolve_sst(prepared: Prepared, params: SSTParams) -> dict[str, Any]:
                                  "update's safety-Fisher energy"}
     predicted = {"first_order_curvature": params.first_order_curvature,
                  "first_order_predicted_change": first_order_prediction(contexts, params)} if params.first_order else {}
+    before, after = safety_energies(contexts, params)
     return {
         **chosen,
         "first_order": params.first_order,
         **predicted,
         "safety_energy_removed": removed_share(contexts, params),
+        # ½ vec(δ)ᵀ F_s vec(δ), nats per position: the filter's safety term for the TA update and the merge
+        "safety_quadratic_ta": 0.5 * before,
+        "safety_quadratic_merge": 0.5 * after,
         "utility_energy_lost": utility_lost_share(contexts, params),
         "energy_spectrum": update_spectrum(contexts),
         "fisher": params.fisher,
