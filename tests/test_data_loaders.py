@@ -49,6 +49,8 @@ def test_harmbench_splits_standard_and_contextual():
         r["BehaviorID"] for r in rows if r["FunctionalCategory"] != "copyright"}
     with pytest.raises(InputError):
         load_harmbench(SHARED, "train")
+    standard = load_harmbench(SHARED, "val", ("standard",))
+    assert len(standard) == 41 and not any("\n\n---\n\n" in r.prompt for r in standard)
 
 
 def test_jbb_100_harmful_100_benign():

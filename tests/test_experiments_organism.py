@@ -107,7 +107,8 @@ def test_organism_validation_adds_harmbench_val_and_never_a_test_prompt(organism
     org = load_testbed(organism)
     data = organism_data(org, [], OrganismDataSpec(harmful_val=3, harmbench_val=5, harmbench=4, advbench=2))
     own = [r["prompt"] for r in org.split("harmful", "val")[:3]]
-    harmbench_val = [r.prompt for r in load_harmbench(None, "val")[:5]]
+    harmbench_val = [r.prompt for r in load_harmbench(None, "val", ("standard",))[:5]]
+    assert not any("\n---\n" in p for p in harmbench_val)  # no contextual behaviour (long context)
     assert data.harmful["val"] == own + harmbench_val
     assert not set(data.harmful["val"]) & set(data.harmful["test"])
     assert not {r.prompt for r in load_harmbench(None, "val")} & {r.prompt for r in load_harmbench(None, "test")}

@@ -54,8 +54,10 @@ def load_advbench(data_dir: str | Path | None = None) -> list[SafetyPrompt]:
 HARMBENCH_CATEGORIES = ("standard", "contextual")
 
 
-def load_harmbench(data_dir: str | Path | None = None, split: str = "test") -> list[SafetyPrompt]:
-    """HarmBench text behaviours of `split` (`test`, `val` or `all`), standard and contextual only.
+def load_harmbench(data_dir: str | Path | None = None, split: str = "test",
+                   categories: tuple[str, ...] = HARMBENCH_CATEGORIES) -> list[SafetyPrompt]:
+    """HarmBench text behaviours of `split` (`test`, `val` or `all`), of the functional `categories`
+    (standard and contextual by default; `("standard",)` leaves out the ones with a long context).
 
     Copyright behaviours are left out: they need HarmBench's hash-based judge, not a refusal judge.
     A contextual behaviour is prompted as HarmBench's direct-request baseline does:
@@ -67,7 +69,7 @@ def load_harmbench(data_dir: str | Path | None = None, split: str = "test") -> l
     records = []
     for row in read_csv_rows(path, ["Behavior", "FunctionalCategory", "SemanticCategory", "ContextString",
                                     "BehaviorID"]):
-        if row["FunctionalCategory"] not in HARMBENCH_CATEGORIES:
+        if row["FunctionalCategory"] not in categories:
             continue
         context = row["ContextString"].strip()
         prompt = f"{context}\n\n---\n\n{row['Behavior']}" if context else row["Behavior"]

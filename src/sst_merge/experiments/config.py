@@ -36,13 +36,13 @@ class TestbedDataSpec(Strict):
 
 class OrganismDataSpec(Strict):
     """Item counts of a real organism's evaluation. Validation (settings are chosen there): the
-    organism's held-out harmful split plus HarmBench's own validation behaviours (refusal), its held-out
+    organism's held-out harmful split plus HarmBench's own validation behaviours (standard ones; refusal), its held-out
     benign split (over-refusal); test: AdvBench + HarmBench test (refusal) and XSTest safe +
     JailbreakBench benign (over-refusal). None of them is trained on."""
 
     harmful_val: int | None = Field(None, ge=1, description="organism harmful/val prompts (None: all)")
-    harmbench_val: int | None = Field(None, ge=0, description="HarmBench val prompts added to the validation "
-                                                               "refusal (None: all 60; 0: none)")
+    harmbench_val: int | None = Field(None, ge=0, description="HarmBench val standard behaviours added to the "
+                                                               "validation refusal (None: all 41; 0: none)")
     benign_val: int | None = Field(None, ge=1, description="organism benign/val prompts (None: all)")
     advbench: int | None = Field(None, ge=1, description="AdvBench prompts (None: all 520)")
     harmbench: int | None = Field(None, ge=1, description="HarmBench test prompts (None: all)")

@@ -117,7 +117,9 @@ def organism_data(organism: Any, tasks: Sequence[str], limits: Any, data_dir: Pa
     rows, same sources and templates), where the base refuses 1.0 and AdvBench/HarmBench, phrased
     otherwise, get ~0.7: on those alone, settings that keep refusal in-distribution but lose it on the
     test's phrasing passed the validation floor. HarmBench's val split (disjoint from its test split) puts
-    that phrasing into validation without touching a test prompt."""
+    that phrasing into validation without touching a test prompt. Its standard behaviours only: the
+    contextual ones carry up to 3.5k characters of context each, and 10 of them made the base's
+    evaluation 1.7× slower (134 s against 79 s)."""
     from sst_merge.data.safety import load_advbench, load_harmbench, load_jbb, load_xstest
 
     harmful_test = [r.prompt for r in load_advbench(data_dir)[: limits.advbench]]
@@ -126,7 +128,7 @@ def organism_data(organism: Any, tasks: Sequence[str], limits: Any, data_dir: Pa
     benign_test += [r.prompt for r in load_jbb(data_dir) if not r.harmful][: limits.jbb_benign]
     return EvalData(
         harmful={"val": [r["prompt"] for r in organism.split("harmful", "val")[: limits.harmful_val]]
-                 + [r.prompt for r in load_harmbench(data_dir, "val")[: limits.harmbench_val]],
+                 + [r.prompt for r in load_harmbench(data_dir, "val", ("standard",))[: limits.harmbench_val]],
                  "test": harmful_test},
         benign={"val": [r["prompt"] for r in organism.split("benign", "val")[: limits.benign_val]],
                 "test": benign_test},
