@@ -230,10 +230,22 @@ def test_calibrated_beta_reproduces_the_merge(chat_base: Path, chat_adapters: li
         assert torch.allclose(cal[name], given[name], rtol=1e-6, atol=1e-9), name
 
 
+def test_safety_budget_sets_the_merges_safety_term(chat_base: Path, chat_adapters: list[Path],
+                                                   chat_data: dict[str, Path], tmp_path: Path) -> None:
+    """β calibrated to an absolute budget: the merge's ½ vec(δ')ᵀF_s vec(δ') is the budget, in the report."""
+    _, free = run(config("sst", chat_base, chat_adapters, chat_data, tmp_path / "free", beta=0.0))
+    budget = 0.25 * free.resolved["safety_quadratic_ta"]
+    _, report = run(config("sst", chat_base, chat_adapters, chat_data, tmp_path / "budget", safety_budget=budget))
+    assert report.resolved["safety_quadratic_merge"] == pytest.approx(budget, rel=1e-6)
+    assert report.resolved["safety_energy_removed"] == pytest.approx(0.75, rel=1e-6)
+    assert report.resolved["beta"] > 0 and "safety_budget" in report.resolved["beta_source"]
+
+
 @pytest.mark.parametrize(("extra", "problem"), [
     ({"first_order": True, "hard_top": 0.1}, "first_order needs the soft filter"),
     ({"first_order": True, "fisher_kind": "true"}, "first_order needs fisher_kind empirical"),
     ({"fisher_rounds": 2, "beta_sweep": [1.0, 2.0]}, "give beta, not beta_sweep"),
+    ({"safety_budget": 0.1, "beta": 2.0}, "safety_budget calibrates β"),
 ])
 def test_incompatible_options_are_input_errors(chat_base: Path, chat_adapters: list[Path],
                                                chat_data: dict[str, Path], tmp_path: Path, extra: dict,

@@ -11,6 +11,7 @@ import torch
 
 from sst_merge.gevp import (
     DegenerateSpectrumWarning,
+    beta_for_safety_energy,
     calibrate_beta,
     diagonal_gevp,
     energy_spectrum,
@@ -140,6 +141,16 @@ def test_calibrated_beta_removes_the_asked_share(factors: dict[str, torch.Tensor
     beta = calibrate_beta([(eig.lam, c)], 0.75)
     assert safety_energy(eig.lam, c, beta) == pytest.approx(0.25 * safety_energy(eig.lam, c), rel=1e-6)
     assert calibrate_beta([(eig.lam, c)], 0.0) == 0.0
+
+
+def test_beta_for_an_absolute_safety_energy(factors: dict[str, torch.Tensor]) -> None:
+    eig = kronecker_gevp(factors["A_s"], factors["G_s"], factors["A_u"], factors["G_u"], GAMMA)
+    c = eig.coefficients(torch.randn(P, Q, generator=torch.Generator().manual_seed(4), dtype=torch.float64))
+    total = safety_energy(eig.lam, c)
+    beta = beta_for_safety_energy([(eig.lam, c), (eig.lam, 2 * c)], 0.1 * total)
+    assert safety_energy(eig.lam, c, beta) + safety_energy(eig.lam, 2 * c, beta) == pytest.approx(0.1 * total, rel=1e-6)
+    assert beta_for_safety_energy([(eig.lam, c)], total) == 0.0  # nothing to remove
+    assert calibrate_beta([(eig.lam, c)], 0.9) == pytest.approx(beta_for_safety_energy([(eig.lam, c)], 0.1 * total))
 
 
 def test_hard_mask_zeroes_the_top_fraction() -> None:

@@ -311,21 +311,27 @@ def safety_energy(lam: torch.Tensor, c: torch.Tensor, beta: float = 0.0) -> floa
 
 
 def calibrate_beta(spectra: Iterable[tuple[torch.Tensor, torch.Tensor]], share: float) -> float:
-    """The β at which the soft filter removes `share` of the safety-Fisher energy of the update.
-
-    `spectra` holds (λ, c) of every module; the energy Σ_m Σ λ c²/(1+βλ)² falls monotonically
-    from its β = 0 value to 0, so bisection in log β finds the β where it is (1 − share) of the
-    start. Returns 0.0 when there is no safety energy to remove (or share ≤ 0).
-    """
+    """The β at which the soft filter removes `share` of the safety-Fisher energy of the update
+    (`beta_for_safety_energy` of (1 − share) × its energy at β = 0). Returns 0.0 when there is no
+    safety energy to remove (or share ≤ 0)."""
     spectra = [(lam, c) for lam, c in spectra]
     total = sum(safety_energy(lam, c) for lam, c in spectra)
     if share <= 0 or total <= TINY:
         return 0.0
-    target = (1.0 - share) * total
+    return beta_for_safety_energy(spectra, (1.0 - share) * total)
+
+
+def beta_for_safety_energy(spectra: Iterable[tuple[torch.Tensor, torch.Tensor]], target: float) -> float:
+    """The β at which the soft-filtered update keeps `target` of safety-Fisher energy Σ λc²/(1+βλ)²
+    over (λ, c) of every module. The energy falls monotonically from its β = 0 value to 0, so bisection
+    in log β finds it. Returns 0.0 when the update has no more than `target` to begin with."""
+    spectra = [(lam, c) for lam, c in spectra]
 
     def energy(beta: float) -> float:
         return sum(safety_energy(lam, c, beta) for lam, c in spectra)
 
+    if energy(0.0) <= max(target, TINY):
+        return 0.0
     lo, hi = 1.0, 1.0
     while energy(lo) < target and lo > 1e-300:
         lo /= 16.0

@@ -54,6 +54,7 @@ from sst_merge.errors import InputError
 from sst_merge.fisher import KFACFactors
 from sst_merge.gevp import (
     Eigenbasis,
+    beta_for_safety_energy,
     calibrate_beta,
     diagonal_gevp,
     energy_spectrum,
@@ -104,6 +105,9 @@ class SSTParams(FisherParams):
     safety_share: float = Field(
         DEFAULT_SAFETY_SHARE, ge=0.0, lt=1.0, description="share of safety-Fisher energy the default β removes"
     )
+    safety_budget: float | None = Field(
+        None, gt=0.0, description="calibrate β instead so that the merge's safety term ½ vec(δ')ᵀF_s vec(δ') "
+                                  "is this many nats per position (an absolute budget, not a share)")
     hard_top: float | None = Field(None, gt=0.0, le=1.0, description="zero the top-ρ fraction of λ instead")
     damping: float = Field(0.01, gt=0.0, description="γ: damping of the utility factors relative to their trace")
     fisher: Literal["kfac", "diagonal"] = Field("kfac", description="K-FAC factors, or the diagonal (ablation)")
@@ -118,6 +122,9 @@ class SSTParams(FisherParams):
 
     @model_validator(mode="after")
     def _compatible(self) -> SSTParams:
+        if self.safety_budget is not None and (self.beta is not None or self.hard_top is not None
+                                               or self.beta_sweep):
+            raise ValueError("safety_budget calibrates β: give it without beta, beta_sweep or hard_top")
         if self.first_order and self.hard_top is not None:
             raise ValueError("first_order needs the soft filter (beta), not hard_top")
         if self.first_order and self.fisher_kind == "true":
@@ -256,8 +263,9 @@ def prepare_sst(job: MergeJob, params: SSTParams) -> Prepared:
                                         grad=factors[name].grad, anchor=anchor)
         facts: dict[str, Any] = {}
         if params.beta is None and params.hard_top is None:
-            beta = calibrate_beta([(ctx.lam, ctx.c_u) for ctx in contexts.values() if ctx.eig is not None],
-                                  params.safety_share)
+            spectra = [(ctx.lam, ctx.c_u) for ctx in contexts.values() if ctx.eig is not None]
+            beta = (beta_for_safety_energy(spectra, 2.0 * params.safety_budget) if params.safety_budget is not None
+                    else calibrate_beta(spectra, params.safety_share))
             contexts = {name: dataclasses.replace(ctx, beta=beta) for name, ctx in contexts.items()}
             facts["beta"] = beta
         if params.first_order:
@@ -331,9 +339,10 @@ def resolve_sst(prepared: Prepared, params: SSTParams) -> dict[str, Any]:
     elif params.beta is not None:
         chosen = {"filter": "soft", "beta": params.beta, "beta_source": "given"}
     else:
-        chosen = {"filter": "soft", "beta": prepared.facts["rounds"][-1]["beta"],
-                  "beta_source": f"calibrated: removes safety_share = {params.safety_share} of the task-arithmetic "
-                                 "update's safety-Fisher energy"}
+        rule = (f"leaves safety_budget = {params.safety_budget} nats per position of the safety term"
+                if params.safety_budget is not None else
+                f"removes safety_share = {params.safety_share} of the task-arithmetic update's safety-Fisher energy")
+        chosen = {"filter": "soft", "beta": prepared.facts["rounds"][-1]["beta"], "beta_source": f"calibrated: {rule}"}
     predicted = {"first_order_curvature": params.first_order_curvature,
                  "first_order_predicted_change": first_order_prediction(contexts, params)} if params.first_order else {}
     before, after = safety_energies(contexts, params)
