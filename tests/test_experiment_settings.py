@@ -48,7 +48,9 @@ def test_cell_record_of_a_real_merge_is_json_and_holds_the_resolved_settings(
 
 
 def test_safety_tax_labels_show_the_calibrated_number_not_none():
-    resolved = {"beta": 3.2381, "beta_source": "calibrated: removes safety_share = 0.995 of …"}
+    resolved = {"beta": 3.2381, "beta_source": "calibrated: removes safety_share = 0.999 of …"}
     assert setting_label({"param": "beta", "value": None, "resolved": resolved}) == "beta=3.238 (calibrated)"
     assert setting_label({"param": "beta", "value": 10.0, "resolved": {"beta": 10.0}}) == "beta=10.0"
     assert setting_label({"param": "energy", "value": 0.9}) == "energy=0.9"
+    assert setting_label({"param": "safety_share", "value": 0.999, "resolved": {"beta": 11.3996}}) == \
+        "safety_share=0.999 (β=11.4)"

@@ -430,9 +430,13 @@ def paired_comparisons(runner: Runner, k: int, methods: dict[str, MethodSpec], s
 
 
 def setting_label(row: dict[str, Any]) -> str:
-    """`beta=3` for a swept value, `beta=3.238 (calibrated)` for one the method resolved (never None)."""
-    param, value = row["param"], row["value"]
-    return f"{param}={resolved_text(param, value, row.get('resolved') or {}) or value}"
+    """`beta=3` for a swept value, `beta=3.238 (calibrated)` for one the method resolved (never None), and
+    the β a swept rule resolved to: `safety_share=0.999 (β=11.4)`."""
+    param, value, resolved = row["param"], row["value"], row.get("resolved") or {}
+    label = f"{param}={resolved_text(param, value, resolved) or value}"
+    if param != "beta" and resolved.get("beta") is not None:
+        label += f" (β={resolved['beta']:.4g})"
+    return label
 
 
 def _setting(label: str, row: dict[str, Any]) -> Setting:

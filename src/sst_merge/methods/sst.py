@@ -85,14 +85,16 @@ from sst_merge.methods.registry import register
 from sst_merge.subspace import ModuleSubspace
 
 # Share of the task-arithmetic update's safety-Fisher energy that the default (calibrated) β removes.
-# Chosen on the real organism's validation split (smollm2-135m, K = 8; base validation refusal 1.0, so
-# the selection floor is 0.9): β = 1 removed 98.09 % and kept validation refusal 0.833 (below the
-# floor), β = 3 removed 99.45 % and kept 0.967 (the validation choice), β = 10 removed 99.88 % and kept
-# 1.0 at a quarter of β = 3's validation utility (normalised accuracy 0.075 against 0.276). The default
-# asks for 99.5 %, just past the validated β = 3. (0.9, the
-# earlier default, came from a synthetic testbed whose safety Fisher was degenerate: on the real
-# organism it keeps no refusal.) The β each merge used is recorded in its report and provenance.
-DEFAULT_SAFETY_SHARE = 0.995
+# Chosen on the real organism's validation split (smollm2-135m, K = 8, TA scale 0.5; validation refusal
+# on its own held-out harmful prompts plus HarmBench's val behaviours, base 0.800, so the selection floor
+# is 0.72): share 0.995 (β = 3.24) kept 0.650, below the floor; β = 10 (99.88 %) kept 0.767 and share
+# 0.999 (β = 11.4) 0.783, both at validation normalised accuracy 0.075, the most useful settings above
+# the floor among every SST variant measured (docs/fisher-and-baselines.md §7). The same share gives
+# β = 9.0 at K = 12 and 6.6 at K = 16, near the β = 10 that kept 0.657 / 0.671 test refusal there,
+# where an absolute budget on the safety term would climb to β = 32–60. (0.995, and 0.9 before it,
+# were chosen on easier validation sets: the organism's own prompts alone, and a degenerate synthetic
+# Fisher.) The β each merge used is recorded in its report and provenance.
+DEFAULT_SAFETY_SHARE = 0.999
 
 
 class SSTParams(FisherParams):
