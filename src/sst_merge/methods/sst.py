@@ -296,13 +296,6 @@ def safety_energies(contexts: dict[str, SSTContext], params: SSTParams) -> tuple
     return before, after
 
 
-def removed_share(contexts: dict[str, SSTContext], params: SSTParams) -> float | None:
-    """Share of the task-arithmetic update's safety-Fisher energy Σλc_u² (all modules, the last round's
-    F_s) that the filtered utility update no longer has; None when there is none."""
-    before, after = safety_energies(contexts, params)
-    return 1.0 - after / before if before > 0 else None
-
-
 def utility_lost_share(contexts: dict[str, SSTContext], params: SSTParams) -> float | None:
     """Share of the task-arithmetic update's utility-Fisher energy that the filter moves it by (all
     modules, `gevp.utility_energy_lost`): the utility price the objective itself puts on the merge."""
@@ -352,7 +345,8 @@ def resolve_sst(prepared: Prepared, params: SSTParams) -> dict[str, Any]:
         **chosen,
         "first_order": params.first_order,
         **predicted,
-        "safety_energy_removed": removed_share(contexts, params),
+        # share of the TA update's Σλc_u² (last round's F_s) the filtered utility update no longer has
+        "safety_energy_removed": 1.0 - after / before if before > 0 else None,
         # ½ vec(δ)ᵀ F_s vec(δ), nats per position: the filter's safety term for the TA update and the merge
         "safety_quadratic_ta": 0.5 * before,
         "safety_quadratic_merge": 0.5 * after,
