@@ -114,9 +114,9 @@ def test_utility_energy_lost_is_the_utility_fisher_distance(factors: dict[str, t
     filtered = c * soft_filter(eig.lam, 3.0)
     moved = vec(delta - eig.reconstruct(filtered))
     expected = (moved @ F_u @ moved) / (vec(delta) @ F_u @ vec(delta))
-    assert utility_energy_lost([(eig.lam, c, filtered)]) == pytest.approx(expected, rel=1e-9)
-    assert utility_energy_lost([(eig.lam, c, c)]) == 0.0
-    assert utility_energy_lost([(eig.lam, torch.zeros_like(c), torch.zeros_like(c))]) is None
+    assert utility_energy_lost([(c, filtered)]) == pytest.approx(expected, rel=1e-9)
+    assert utility_energy_lost([(c, c)]) == 0.0
+    assert utility_energy_lost([(torch.zeros_like(c), torch.zeros_like(c))]) is None
 
 
 def test_energy_spectrum_bins_utility_and_safety_energy_by_lambda() -> None:

@@ -348,13 +348,13 @@ def beta_for_safety_energy(spectra: Iterable[tuple[torch.Tensor, torch.Tensor]],
     return math.sqrt(lo * hi)
 
 
-def utility_energy_lost(spectra: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> float | None:
+def utility_energy_lost(coefficients: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float | None:
     """Share of the update's utility-Fisher energy that a filter moves it by: Σ(c − c')² / Σc² over
-    (λ, c, c') of every module. In the eigenbasis XᵀF_uX = I the coefficients' squares are F_u's energy,
+    (c, c') of every module. In the eigenbasis XᵀF_uX = I the coefficients' squares are F_u's energy,
     so this is ‖δ'−δ_u‖²_{F_u} / ‖δ_u‖²_{F_u}: what the utility term of the objective says the filter
     costs. None without utility energy."""
     moved = total = 0.0
-    for _, c, filtered in spectra:
+    for c, filtered in coefficients:
         total += float((c.double() ** 2).sum())
         moved += float(((c.double() - filtered.double()) ** 2).sum())
     return moved / total if total > TINY else None
@@ -377,7 +377,7 @@ def energy_spectrum(spectra: Iterable[tuple[torch.Tensor, torch.Tensor]],
     safety = torch.zeros_like(utility)
     for lam, c in spectra:
         lam, c2 = lam.double().flatten(), c.double().flatten() ** 2
-        index = (torch.bucketize(lam, bounds[1:-1], right=True)).clamp(0, len(utility) - 1)
+        index = torch.bucketize(lam, bounds[1:-1], right=True)  # 0 … len(edges): one bin each
         utility.index_add_(0, index, c2)
         safety.index_add_(0, index, lam * c2)
     u_total, s_total = float(utility.sum()), float(safety.sum())

@@ -118,9 +118,8 @@ def run(args: argparse.Namespace) -> int:
         "utility_energy_kept_share": ratio(totals["utility_energy_kept"], totals["utility_energy"]),
         # ‖δ'−δ_u‖²_{F_u} / ‖δ_u‖²_{F_u}: the objective's utility price of the filter (as a merge records it)
         "utility_energy_lost_share": utility_energy_lost(
-            (ctx.lam, c, c * soft_filter(ctx.lam, beta))
-            for ctx in contexts.values() if ctx.lam is not None
-            for c in [ctx.coefficients(utility_core(ctx.subspace, loaded.job.weights))]),
+            (ctx.c_u, ctx.c_u * soft_filter(ctx.lam, beta)) for ctx in contexts.values()
+            if ctx.lam is not None and ctx.c_u is not None),
         "energy_spectrum": update_spectrum(contexts),
         "adapters": [str(p) for p in args.adapters],
         "mean_overlap": mean_overlaps(modules, len(args.adapters)),

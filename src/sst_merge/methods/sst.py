@@ -299,7 +299,7 @@ def safety_energies(contexts: dict[str, SSTContext], params: SSTParams) -> tuple
 def utility_lost_share(contexts: dict[str, SSTContext], params: SSTParams) -> float | None:
     """Share of the task-arithmetic update's utility-Fisher energy that the filter moves it by (all
     modules, `gevp.utility_energy_lost`): the utility price the objective itself puts on the merge."""
-    return utility_energy_lost((ctx.eig.lam, ctx.c_u, filter_coefficients(ctx, params)[0])
+    return utility_energy_lost((ctx.c_u, filter_coefficients(ctx, params)[0])
                                for ctx in contexts.values() if ctx.eig is not None and ctx.c_u is not None)
 
 
