@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from sst_merge.cli import main
 from sst_merge.errors import InputError
 from sst_merge.experiments import runner as runner_module
-from sst_merge.experiments.config import load_experiment_config
+from sst_merge.experiments.config import ExperimentConfig, load_experiment_config
 
 MICRO = {
     "datasets": {
@@ -190,6 +191,29 @@ def test_shipped_config_validates():
     assert config.num_experts("exp2", "full") == [8, 12, 16, 20, 24]
     assert set(config.models) == {"smollm2-135m", "testbed", "mistral-7b", "llama-3.1-8b", "qwen-2.5-14b"}
     assert set(config.methods) == {"TA", "TIES", "DARE", "AGL", "SST-Merge", "Safe LoRA"}
+
+
+def test_general_checks_are_eval_suites_sized_by_the_mode():
+    """Hub models get the MMLU and HumanEval the config names (eval/'s suites, sized by the mode); the
+    organism its 0-shot MMLU sized by its own item counts."""
+    from sst_merge.experiments.evaluation import general_checks
+
+    config = load_experiment_config(Path(__file__).parents[1] / "configs" / "experiment_config_real.yaml")
+    data = config.datasets["full"]
+    spec = config.models["mistral-7b"]
+    mmlu, humaneval = general_checks(spec.general, {"mmlu": data.mmlu, "humaneval": data.humaneval},
+                                     spec.batch_size, spec.max_new_tokens)
+    assert (mmlu.suite, mmlu.options.limit, mmlu.options.extra["mmlu_shots"]) == ("mmlu", None, 5)
+    assert (humaneval.suite, humaneval.options.limit, humaneval.options.max_new_tokens) == ("humaneval", 164, 512)
+    assert "max_new_tokens" not in humaneval.options.extra
+    organism = config.models["smollm2-135m"].general
+    assert organism == {"mmlu": {"mmlu_shots": 0, "mmlu_source": "local"}}
+    assert [config.datasets[m].organism.mmlu_per_subject for m in ("minimal", "full")] == [1, 18]
+    bad = {"datasets": {"minimal": {}, "full": {}}, "methods": {"TA": {"method": "ta"}},
+           "models": {"m": {"kind": "hub", "hub_id": "x", "general": {"gsm9k": {}}}},
+           "experiments": {}}
+    with pytest.raises(ValidationError, match="general"):
+        ExperimentConfig.model_validate(bad)
 
 
 def test_sst_variants_config_extends_the_shipped_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]):

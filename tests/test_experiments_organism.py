@@ -34,9 +34,13 @@ def test_organism_kind_runs_every_method(organism: Path, tmp_path: Path):
     limits = {"harmful_val": 4, "harmbench_val": 2, "benign_val": 4, "advbench": 3, "harmbench": 2, "xstest_safe": 3,
               "jbb_benign": 2, "task_items": 3}
     config = {
-        "datasets": {"minimal": {"organism": limits}, "full": {"organism": {}}},
+        "datasets": {"minimal": {"organism": limits, "mmlu": {"limit": 2, "shots": 5}}, "full": {"organism": {}}},
+        # The general check through eval/'s registry: MMLU on two subjects, 0-shot (the model's option
+        # overrides the mode's shots).
         "models": {"org": {"kind": "organism", "organism": {"path": str(organism)}, "dtype": "float32",
-                           "batch_size": 32, "max_new_tokens": 8}},
+                           "batch_size": 32, "max_new_tokens": 8,
+                           "general": {"mmlu": {"mmlu_shots": 0, "mmlu_subjects": ["anatomy", "virology"],
+                                                "mmlu_source": "local"}}}},
         "methods": {
             "TA": {"method": "ta", "sweep": {"scale": [0.5, 1.0]}},
             "SST-Merge": {"method": "sst", "params": {"fisher_max_examples": 4}, "sweep": {"beta": [None, 10.0]},
@@ -96,6 +100,21 @@ def test_organism_kind_runs_every_method(organism: Path, tmp_path: Path):
     assert report.count("minus each method, K = 2, same test items") == 1
     assert "SST-Merge minus each method at K = 2: in exp3's section." in report
     assert results["exp2"]["paired"]["2"]["against"]["TA"]["chosen"] == ta["chosen"]
+    # The general check ran through the mmlu suite on the base, the safety adapter and every merge (not
+    # the experts), 2 questions of each subject, 0-shot, its items scored and compared item by item.
+    mmlu = base["test"]["general"]["mmlu"]
+    assert mmlu["shots"] == 0 and mmlu["n_subjects"] == 2 and mmlu["headline"] == "accuracy"
+    assert mmlu["metrics"]["accuracy"]["n"] == 4 and len(mmlu["outcomes"]) == 4
+    assert mmlu["metrics"]["accuracy"]["successes"] == sum(mmlu["outcomes"])
+    assert "general" in results["references"]["safety_adapter"]["test"] and "general" not in base["val"]
+    assert all("general" not in e["test"] for e in [json.loads(f.read_text())["metrics"]
+                                                    for f in (out / "cells").glob("expert-*.json")])
+    for entry in results["exp3"]["table"]:
+        assert entry["runs"][0]["test"]["general"]["mmlu"]["n"] == 4
+    assert ta["chosen"]["general"]["mmlu"]["n"] == 4
+    exp3_table = (out / "e3" / "table.md").read_text()
+    assert exp3_table.splitlines()[0].rstrip(" |").endswith("MMLU") and "(n=4)" in exp3_table
+    assert "Δ MMLU" in report and "MMLU" in report.split("## References")[1]
 
 
 def test_organism_validation_adds_harmbench_val_and_never_a_test_prompt(organism: Path):

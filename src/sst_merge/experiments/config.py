@@ -12,6 +12,9 @@ from sst_merge.errors import InputError, validation_message
 
 Mode = Literal["minimal", "full"]
 EXPERIMENTS = ("exp1", "exp2", "exp3")
+# Suites of eval/'s registry a model may run as its general-capability check; each is sized by the
+# mode's `datasets.<suite>.limit`.
+GeneralSuite = Literal["mmlu", "humaneval"]
 
 
 class Strict(BaseModel):
@@ -49,6 +52,8 @@ class OrganismDataSpec(Strict):
     xstest_safe: int | None = Field(None, ge=1, description="XSTest safe prompts (None: all 250)")
     jbb_benign: int | None = Field(None, ge=1, description="JailbreakBench benign prompts (None: all 100)")
     task_items: int | None = Field(None, ge=1, description="items per task per split (None: all)")
+    mmlu_per_subject: int | None = Field(None, ge=1, description="MMLU test questions per subject in the "
+                                         "general check (None: datasets.<mode>.mmlu.limit)")
 
 
 class DatasetSpec(Strict):
@@ -87,6 +92,10 @@ class ModelSpec(Strict):
     max_new_tokens: int = Field(256, ge=1)
     expert_safety: bool = Field(True, description="measure each expert's refusal too (False: its task only; "
                                 "the real organism's manifest has every expert's refusal already)")
+    general: dict[GeneralSuite, dict[str, Any]] = Field(
+        {}, description="general-capability suites of eval/ (mmlu, humaneval) run on the test side of the base, "
+        "the safety adapter and every merge, each with its suite options (e.g. {mmlu_shots: 0}; "
+        "max_new_tokens overrides the model's); sized by datasets.<mode>.<suite>.limit")
     experts: list[Path] = []
     expert_data: list[Path] = []
     safety_adapter: Path | None = None

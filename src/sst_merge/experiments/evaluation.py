@@ -1,6 +1,10 @@
 """Score a (merged) chat model for the experiments: refusal on harmful prompts, over-refusal on benign
 ones, and exact-match accuracy on each expert's task, for the validation and test splits, from one
-batched generation. The same evaluator serves the testbed and hub models; only the data differ."""
+batched generation, plus the general-capability suites of eval/'s registry (MMLU, HumanEval) on the
+test side. The same evaluator serves the testbed, the organism and hub models; only the data differ.
+
+The loaders, judges, rates and the exact-match rule are eval/'s; what is the runner's own is the one
+generation over every group of both splits, so a cell is one pass over its model."""
 
 from __future__ import annotations
 
@@ -13,11 +17,23 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sst_merge.eval.judges import CombinedRefusalJudge, Judge, RefusalSentenceJudge
 from sst_merge.eval.stats import rate_metric
+from sst_merge.eval.suites import SuiteOptions, get_suite
 from sst_merge.eval.testbed_tasks import is_exact_match
 from sst_merge.generation import generate_chat
 from sst_merge.jsonl import read_jsonl
 
 SPLITS = ("val", "test")
+# The headline metric of each general suite, and the per-item field that says an item was right.
+GENERAL_HEADLINE = {"mmlu": "accuracy", "humaneval": "pass@1"}
+GENERAL_ITEM_HIT = {"mmlu": "correct", "humaneval": "passed"}
+
+
+@dataclass(frozen=True)
+class GeneralCheck:
+    """A general-capability suite of eval/'s registry (`suite`) and the options it runs with."""
+
+    suite: str
+    options: SuiteOptions
 
 
 @dataclass(frozen=True)
@@ -38,12 +54,15 @@ class ChatEvaluator:
     data: EvalData
     batch_size: int = 16
     max_new_tokens: int = 256
+    general: tuple[GeneralCheck, ...] = ()
 
     def evaluate(
-        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, tasks: Sequence[str], safety: bool = True
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, tasks: Sequence[str], safety: bool = True,
+        general: bool = True,
     ) -> dict[str, Any]:
         """{split: {"refusal", "over_refusal": rate, "tasks": {task: rate}, "judge": name, "replies": {group:
-        [reply]}}} for val and test; each rate carries its per-item `outcomes` (`scored`).
+        [reply]}}} for val and test; each rate carries its per-item `outcomes` (`scored`). With `general`,
+        the test split also has "general": {suite: `general_summary`} of every general check.
 
         Safety prompts are generated up to `max_new_tokens`; task prompts up to their longest reference
         answer plus a margin (an exact-match answer longer than that is wrong anyway), so a batch of
@@ -73,6 +92,10 @@ class ChatEvaluator:
                 result[split]["tasks"][name] = scored(
                     [is_exact_match(r, row["response"]) for r, row in zip(got, rows, strict=True)])
                 result[split]["replies"][name] = got
+        if general and self.general:
+            result["test"]["general"] = {
+                check.suite: general_summary(check.suite, get_suite(check.suite).run(model, tokenizer, check.options))
+                for check in self.general}
         return result
 
     def _generate(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
@@ -92,6 +115,32 @@ def scored(verdicts: Sequence[bool]) -> dict[str, Any]:
     """A rate (`rate_metric`) with its per-item `outcomes` (1/0 in prompt order): two models scored on the
     same prompts can then be compared item by item (paired bootstrap)."""
     return {**rate_metric(sum(verdicts), len(verdicts)), "outcomes": [int(v) for v in verdicts]}
+
+
+def general_summary(suite: str, result: dict[str, Any]) -> dict[str, Any]:
+    """What a cell keeps of a general suite's result: its metrics, the headline metric's name, the run's
+    settings (shots, mode, subjects) and per-item `outcomes` (1/0, for paired comparisons); the items'
+    text stays out of the cell."""
+    hit = GENERAL_ITEM_HIT[suite]
+    return {"headline": GENERAL_HEADLINE[suite], "metrics": result["metrics"],
+            **{key: result[key] for key in ("shots", "n_subjects", "mode") if key in result},
+            "outcomes": [int(bool(item[hit])) for item in result["items"]]}
+
+
+def general_checks(general: dict[str, dict[str, Any]], limits: dict[str, Any], batch_size: int,
+                   max_new_tokens: int) -> tuple[GeneralCheck, ...]:
+    """The general checks a model's config names (`ModelSpec.general`: suite -> options), each sized by
+    its mode's `limits[suite]` (a LimitSpec; MMLU's `shots` is the default `mmlu_shots`)."""
+    checks = []
+    for suite, given in general.items():
+        extra = dict(given)
+        spec = limits[suite]
+        if suite == "mmlu":
+            extra.setdefault("mmlu_shots", spec.shots)
+        tokens = int(extra.pop("max_new_tokens", max_new_tokens))
+        checks.append(GeneralCheck(suite, SuiteOptions(limit=spec.limit, batch_size=batch_size,
+                                                       max_new_tokens=tokens, extra=extra)))
+    return tuple(checks)
 
 
 def testbed_data(

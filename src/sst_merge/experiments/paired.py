@@ -26,8 +26,9 @@ def normalized_outcomes(split_metrics: dict[str, Any], experts: dict[str, dict[s
 def paired_difference(a: dict[str, Any], b: dict[str, Any], experts: dict[str, dict[str, Any]],
                       split: str = "test", n_boot: int = 2000, seed: int = 0) -> dict[str, Any] | None:
     """`a − b` for two cells' records on `split`: refusal, over-refusal and normalised accuracy, each with
-    a paired bootstrap 95 % interval. None when either record has no per-item outcomes (saved before
-    they were recorded) or the two were scored on different items."""
+    a paired bootstrap 95 % interval, and each general check both ran ("general": {suite: diff}). None
+    when either record has no per-item outcomes (saved before they were recorded) or the two were scored
+    on different items."""
     ma, mb = a["metrics"][split], b["metrics"][split]
     result: dict[str, Any] = {}
     for key in ("refusal", "over_refusal"):
@@ -40,6 +41,12 @@ def paired_difference(a: dict[str, Any], b: dict[str, Any], experts: dict[str, d
         return None
     ua, ub = normalized_outcomes(ma, experts, split), normalized_outcomes(mb, experts, split)
     result["normalized_accuracy"] = paired_bootstrap_diff(ua, ub, n_boot=n_boot, seed=seed) if ua.size else None
+    # General checks (MMLU, HumanEval) both models ran on the same items.
+    ga, gb = ma.get("general") or {}, mb.get("general") or {}
+    general = {suite: paired_bootstrap_diff(ga[suite]["outcomes"], gb[suite]["outcomes"], n_boot=n_boot, seed=seed)
+               for suite in ga.keys() & gb.keys() if len(ga[suite]["outcomes"]) == len(gb[suite]["outcomes"]) > 0}
+    if general:
+        result["general"] = general
     return result
 
 

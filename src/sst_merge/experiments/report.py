@@ -25,6 +25,15 @@ RESOLVED_SHOWN = {
 }
 
 
+# How the general checks are named in the tables.
+GENERAL_NAMES = {"mmlu": "MMLU", "humaneval": "HumanEval pass@1"}
+
+
+def general_suites(rows: list[dict[str, Any]]) -> list[str]:
+    """The general checks (suites) any of `rows` (summary rows of one split) carries, in first-seen order."""
+    return list(dict.fromkeys(suite for row in rows for suite in row.get("general") or {}))
+
+
 def _fmt_value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -79,10 +88,10 @@ def _vs_k_series(rows: list[dict[str, Any]]) -> dict[str, dict[str, list[dict[st
 def _references(results: dict[str, Any]) -> list[str]:
     refs = results["references"]
     base = refs["base"]["test"]
-    rows = [["base model", fmt_rate(base["refusal"]), fmt_rate(base["over_refusal"]), "–"]]
+    rows = [["base model", fmt_rate(base["refusal"]), fmt_rate(base["over_refusal"]), _general_text(base)]]
     if "safety_adapter" in refs:
         s = refs["safety_adapter"]["test"]
-        rows.append(["safety adapter", fmt_rate(s["refusal"]), fmt_rate(s["over_refusal"]), "–"])
+        rows.append(["safety adapter", fmt_rate(s["refusal"]), fmt_rate(s["over_refusal"]), _general_text(s)])
     for task, e in refs["experts"].items():
         base_acc = base["tasks"].get(task)
         rows.append(
@@ -98,7 +107,7 @@ def _references(results: dict[str, Any]) -> list[str]:
     return [
         "## References (test split)",
         "",
-        markdown_table(["model", "refusal", "over-refusal", "own-task accuracy"], rows),
+        markdown_table(["model", "refusal", "over-refusal", "own-task accuracy / general check"], rows),
         "",
         "## Settings chosen on the validation split",
         "",
@@ -106,6 +115,13 @@ def _references(results: dict[str, Any]) -> list[str]:
         "",
         markdown_table(["method", "chosen"], chosen),
     ]
+
+
+def _general_text(split_metrics: dict[str, Any]) -> str:
+    """`MMLU 0.237 [0.212, 0.264] (n=1026)` for a reference's general checks, `–` without any."""
+    general = split_metrics.get("general") or {}
+    return "; ".join(f"{GENERAL_NAMES.get(suite, suite)} {fmt_rate(result['metrics'][result['headline']])}"
+                     for suite, result in general.items()) or "–"
 
 
 def _exp1(results: dict[str, Any], exp_dir: Path) -> list[str]:
@@ -185,6 +201,7 @@ def _exp2(results: dict[str, Any], exp_dir: Path) -> list[str]:
 
 def _exp3(results: dict[str, Any], exp_dir: Path) -> list[str]:
     rows = []
+    general = general_suites([run["test"] for entry in results["exp3"]["table"] for run in entry["runs"]])
     for entry in results["exp3"]["table"]:
         runs = entry["runs"]
         if len(runs) > 1:
@@ -202,9 +219,11 @@ def _exp3(results: dict[str, Any], exp_dir: Path) -> list[str]:
                 over,
                 _mean_sd([r["test"]["normalized_accuracy"] for r in runs]),
                 _mean_sd([r["test"]["accuracy"] for r in runs]),
+                *[_general_cell(runs, suite) for suite in general],
             ]
         )
-    table = markdown_table(["method", "setting", "refusal", "over-refusal", "norm. acc", "acc"], rows)
+    table = markdown_table(["method", "setting", "refusal", "over-refusal", "norm. acc", "acc",
+                            *[GENERAL_NAMES.get(suite, suite) for suite in general]], rows)
     write_text_atomic(exp_dir / "table.md", table + "\n")
     out = [f"## exp3: baseline comparison (K = {results['exp3']['k']}, test split)", "", table]
     if results["exp3"].get("paired"):
@@ -212,6 +231,14 @@ def _exp3(results: dict[str, Any], exp_dir: Path) -> list[str]:
     if results["exp3"].get("safety_tax"):
         out += ["", tax_markdown(results["exp3"]["safety_tax"]).replace("## ", "### ")]
     return out
+
+
+def _general_cell(runs: list[dict[str, Any]], suite: str) -> str:
+    """A general check's headline on the test split: the rate with its interval, mean ± sd over seeds."""
+    metrics = [(r["test"].get("general") or {}).get(suite) for r in runs]
+    if len(runs) == 1:
+        return fmt_rate(metrics[0])
+    return _mean_sd([m["value"] if m else None for m in metrics])
 
 
 def fmt_diff(diff: dict[str, Any] | None) -> str:
@@ -238,10 +265,13 @@ def _paired_rows(entry: dict[str, Any], ours_val: float | None) -> list[tuple[st
 
 def _paired(paired: dict[str, Any], k: int) -> list[str]:
     ours = paired["method"]
+    compared = [(label, setting, diff) for label, entry in paired["against"].items()
+                for setting, diff in _paired_rows(entry, paired["val_normalized_accuracy"])]
+    general = list(dict.fromkeys(suite for _, _, diff in compared for suite in diff.get("general") or {}))
     rows = [[label, setting, fmt_diff(diff.get("refusal")), fmt_diff(diff.get("over_refusal")),
-             fmt_diff(diff.get("normalized_accuracy"))]
-            for label, entry in paired["against"].items()
-            for setting, diff in _paired_rows(entry, paired["val_normalized_accuracy"])]
+             fmt_diff(diff.get("normalized_accuracy")),
+             *[fmt_diff((diff.get("general") or {}).get(suite)) for suite in general]]
+            for label, setting, diff in compared]
     return [
         f"### {ours} minus each method, K = {k}, same test items (paired bootstrap 95 %; * = interval excludes 0)",
         "",
@@ -249,7 +279,8 @@ def _paired(paired: dict[str, Any], k: int) -> list[str]:
            f"from below (no more useful than {ours}; else the nearest above); chosen on validation, compared on "
            f"test. Its validation normalised accuracy is shown against {ours}'s.", ""]
           if any("matched" in entry for entry in paired["against"].values()) else []),
-        markdown_table(["method", "its setting", "Δ refusal", "Δ over-refusal", "Δ norm. acc"], rows),
+        markdown_table(["method", "its setting", "Δ refusal", "Δ over-refusal", "Δ norm. acc",
+                        *[f"Δ {GENERAL_NAMES.get(suite, suite)}" for suite in general]], rows),
     ]
 
 

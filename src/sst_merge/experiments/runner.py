@@ -71,7 +71,9 @@ class Runner:
             return {"metrics": subject.evaluator.evaluate(model, tok, subject.tasks)}
         if cell.kind == "expert":
             model, tok = load_model(subject.base, subject.experts[subject.tasks.index(cell.task)], **load)
-            return {"metrics": subject.evaluator.evaluate(model, tok, [cell.task], safety=spec.expert_safety)}
+            # An expert is a reference for its own task: the general check is for the models compared.
+            return {"metrics": subject.evaluator.evaluate(model, tok, [cell.task], safety=spec.expert_safety,
+                                                          general=False)}
         if cell.kind == "safety":
             model, tok = load_model(subject.base, subject.safety_adapter, **load)
             return {"metrics": subject.evaluator.evaluate(model, tok, [])}
@@ -133,13 +135,21 @@ def summarize(record: dict[str, Any], split: str, experts: dict[str, dict[str, A
         for t in tasks
         if t in experts and experts[t]["metrics"][split]["tasks"][t]["value"] > 0
     ]
-    return {
+    row = {
         "refusal": metrics["refusal"],
         "over_refusal": metrics["over_refusal"],
         "accuracy": statistics.fmean(accuracy) if accuracy else None,
         "normalized_accuracy": statistics.fmean(normalized) if normalized else None,
         "tasks": len(tasks),
     }
+    if metrics.get("general"):
+        row["general"] = general_headlines(metrics["general"])
+    return row
+
+
+def general_headlines(general: dict[str, Any]) -> dict[str, Any]:
+    """{suite: its headline metric (value, n, ci)} of a split's general checks."""
+    return {suite: result["metrics"][result["headline"]] for suite, result in general.items()}
 
 
 def select(rows: list[dict[str, Any]], base_refusal: float, floor: float) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import Any
 
 from sst_merge.errors import InputError
 from sst_merge.experiments.config import DatasetSpec, ModelSpec
-from sst_merge.experiments.evaluation import ChatEvaluator, hub_data, organism_data, testbed_data
+from sst_merge.experiments.evaluation import ChatEvaluator, general_checks, hub_data, organism_data, testbed_data
 from sst_merge.methods import get_method
 
 
@@ -51,7 +51,12 @@ class Subject:
 
 def resolve_subject(name: str, spec: ModelSpec, data: DatasetSpec, max_experts: int) -> Subject:
     """Build (or find cached) the testbed, or check a hub model's adapters and data, for `max_experts` experts."""
-    common = {"batch_size": spec.batch_size, "max_new_tokens": spec.max_new_tokens}
+    mmlu = data.mmlu
+    if spec.kind == "organism" and data.organism.mmlu_per_subject is not None:
+        mmlu = mmlu.model_copy(update={"limit": data.organism.mmlu_per_subject})
+    common = {"batch_size": spec.batch_size, "max_new_tokens": spec.max_new_tokens,
+              "general": general_checks(spec.general, {"mmlu": mmlu, "humaneval": data.humaneval},
+                                        spec.batch_size, spec.max_new_tokens)}
     if spec.kind == "testbed":
         from sst_merge.testbed import build_testbed, load_testbed
 
@@ -68,7 +73,7 @@ def resolve_subject(name: str, spec: ModelSpec, data: DatasetSpec, max_experts: 
         return layout_subject(name, spec, testbed, tasks, "train", evaluator, f"testbed {testbed.manifest['hash']}",
                               None)
     if spec.kind == "organism":
-        return _organism_subject(name, spec, data, max_experts)
+        return _organism_subject(name, spec, data, max_experts, common)
     if len(spec.experts) < max_experts or len(spec.expert_data) < max_experts:
         raise InputError(
             f"models.{name}: the experiments need {max_experts} experts; experts lists {len(spec.experts)} PEFT "
@@ -110,7 +115,8 @@ def prepared_organism(preset: str, path: Path | None) -> Path:
     return target
 
 
-def _organism_subject(name: str, spec: ModelSpec, data: DatasetSpec, max_experts: int) -> Subject:
+def _organism_subject(name: str, spec: ModelSpec, data: DatasetSpec, max_experts: int,
+                      common: dict[str, Any]) -> Subject:
     from sst_merge.testbed import load_testbed
 
     assert spec.organism is not None
@@ -119,8 +125,7 @@ def _organism_subject(name: str, spec: ModelSpec, data: DatasetSpec, max_experts
         raise InputError(f"the organism has {len(organism.tasks)} experts, the experiments need {max_experts}",
                          organism.root)
     tasks = organism.tasks[:max_experts]
-    evaluator = ChatEvaluator(organism_data(organism, tasks, data.organism), batch_size=spec.batch_size,
-                              max_new_tokens=spec.max_new_tokens)
+    evaluator = ChatEvaluator(organism_data(organism, tasks, data.organism), **common)
     # The safety Fisher on held-out harmful prompts with refusals: the base never trained on them (its
     # alignment rows are data/harmful/train), so the refusal loss there is alive. Not harmful/val: the
     # validation refusal is measured there, and a filter must not be chosen on the prompts it was fitted
