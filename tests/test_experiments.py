@@ -222,11 +222,14 @@ def test_sst_variants_config_extends_the_shipped_one(tmp_path: Path, capsys: pyt
     variants = load_experiment_config(configs / "sst_variants.yaml")
     assert variants.datasets == shipped.datasets and variants.models == shipped.models
     assert variants.selection == shipped.selection and variants.experiments == shipped.experiments
-    # TA and SST-Merge as shipped, so a copy of a shipped run's cells is reused
+    # TA as shipped, so a copy of a shipped run's cells is reused; the shipped SST-Merge is the variant chosen
     assert variants.methods["TA"] == shipped.methods["TA"]
-    for field in ("method", "scale_from", "params"):
-        assert getattr(variants.methods["SST-Merge"], field) == getattr(shipped.methods["SST-Merge"], field)
+    chosen = variants.methods["SST-Merge 2 rounds share 0.996"]
+    assert chosen.scale_from == shipped.methods["SST-Merge"].scale_from
+    assert {**chosen.params, "safety_share": None} == {**shipped.methods["SST-Merge"].params, "safety_share": None}
     assert all(spec.method == "sst" for label, spec in variants.methods.items() if label != "TA")
+    # every variant names its rounds: the default changed after the one-round rows were run
+    assert all("fisher_rounds" in spec.params for label, spec in variants.methods.items() if label != "TA")
     # an extended config that extends again, or is missing, is one line naming the file
     (tmp_path / "a.yaml").write_text("extends: b.yaml\nmethods: {}\n")
     (tmp_path / "b.yaml").write_text("extends: c.yaml\n")

@@ -221,13 +221,22 @@ def test_calibrated_beta_reproduces_the_merge(chat_base: Path, chat_adapters: li
             "--cache-dir", str(tmp_path / "cache")]
     for a in chat_adapters[:2]:
         argv += ["--adapter", str(a)]
-    assert main(argv + ["--output", str(tmp_path / "cal")]) == 0
+    assert main(argv + ["--fisher-rounds", "1", "--output", str(tmp_path / "cal")]) == 0
     beta = json.loads((tmp_path / "cal" / PROVENANCE_NAME).read_text())["resolved"]["beta"]
     assert f"beta={beta:.4g}" in capsys.readouterr().out.replace("\n", "").replace("│", "").replace(" ", "")
+    # a β given by hand runs one round by default
     assert main(argv + ["--beta", repr(beta), "--output", str(tmp_path / "given")]) == 0
+    given_rounds = json.loads((tmp_path / "given" / PROVENANCE_NAME).read_text())["resolved"]["rounds"]
+    assert len(given_rounds) == 1
     cal, given = deltas(tmp_path / "cal"), deltas(tmp_path / "given")
     for name in cal:
         assert torch.allclose(cal[name], given[name], rtol=1e-6, atol=1e-9), name
+    # the default rule: 2 rounds, β calibrated again at the filtered merge, its last β recorded
+    assert main(argv + ["--output", str(tmp_path / "default")]) == 0
+    resolved = json.loads((tmp_path / "default" / PROVENANCE_NAME).read_text())["resolved"]
+    assert [r["beta"] for r in resolved["rounds"]][0] == pytest.approx(beta) and len(resolved["rounds"]) == 2
+    assert resolved["beta"] == resolved["rounds"][1]["beta"]
+    assert resolved["safety_energy_removed"] == pytest.approx(0.996)
 
 
 def test_safety_budget_sets_the_merges_safety_term(chat_base: Path, chat_adapters: list[Path],

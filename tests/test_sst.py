@@ -104,9 +104,14 @@ def test_default_beta_and_sweep_reuse_one_fisher_pass(chat_base: Path, chat_adap
     assert [r.output for r in reports] == [out / "beta=0", out / "beta=10"]
     assert len(loads) == 1
     assert len(list((tmp_path / "cache").glob("fisher-*.safetensors"))) == 3  # safety + two utility files
-    # the default (calibrated β) reuses the cache: no model load at all
-    merge_adapters(build_merge_config(sst_config(chat_base, chat_adapters, chat_data, tmp_path / "default")))
+    # one round at the calibrated β reuses the cache: no model load at all
+    merge_adapters(build_merge_config(sst_config(chat_base, chat_adapters, chat_data, tmp_path / "one",
+                                                 fisher_rounds=1)))
     assert len(loads) == 1
+    # the default rule's second round takes the safety Fisher once more, at the filtered merge
+    report = merge_adapters(build_merge_config(sst_config(chat_base, chat_adapters, chat_data, tmp_path / "default")))
+    assert len(loads) == 2 and len(report.resolved["rounds"]) == 2
+    assert len(list((tmp_path / "cache").glob("fisher-*.safetensors"))) == 4
     for name, delta in deltas(tmp_path / "default").items():
         assert torch.isfinite(delta).all(), name
 
@@ -213,3 +218,19 @@ def test_bad_data_line_is_found_before_the_model_loads(chat_base: Path, chat_ada
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"{bad}: {problem}" in err
     assert not out.exists()
+
+
+def test_rounds_default_to_the_rule_that_calibrates_beta(tmp_path: Path) -> None:
+    """2 rounds where β is calibrated by the share (the default rule); one where β comes otherwise (a fixed
+    β does not carry across rounds); an explicit count is kept."""
+    from sst_merge.methods.sst import DEFAULT_FISHER_ROUNDS, SSTParams
+
+    data = {"safety_data": tmp_path / "s.jsonl", "utility_data": [tmp_path / "u.jsonl"]}
+    assert DEFAULT_FISHER_ROUNDS == 2
+    assert SSTParams(**data).fisher_rounds == 2
+    assert SSTParams(**data, safety_share=0.99).fisher_rounds == 2
+    for other in ({"beta": 3.0}, {"beta_sweep": [1.0, 2.0]}, {"hard_top": 0.1}, {"safety_budget": 0.1},
+                  {"first_order": True}):
+        assert SSTParams(**data, **other).fisher_rounds == 1, other
+    assert SSTParams(**data, beta=3.0, fisher_rounds=3).fisher_rounds == 3
+    assert SSTParams(**data, fisher_rounds=None).fisher_rounds == 2

@@ -84,17 +84,21 @@ from sst_merge.methods.fisher_setup import (
 from sst_merge.methods.registry import register
 from sst_merge.subspace import ModuleSubspace
 
-# Share of the task-arithmetic update's safety-Fisher energy that the default (calibrated) β removes.
-# Chosen on the real organism's validation split (smollm2-135m, K = 8, TA scale 0.5; validation refusal
-# on its own held-out harmful prompts plus HarmBench's val behaviours, base 0.800, so the selection floor
-# is 0.72): share 0.995 (β = 3.24) kept 0.650, below the floor; β = 10 (99.88 %) kept 0.767 and share
-# 0.999 (β = 11.4) 0.783, both at validation normalised accuracy 0.075, the most useful settings above
-# the floor among every SST variant measured (docs/fisher-and-baselines.md §7). The same share gives
-# β = 9.0 at K = 12 and 6.6 at K = 16, near the β = 10 that kept 0.657 / 0.671 test refusal there,
-# where an absolute budget on the safety term would climb to β = 32–60. (0.995, and 0.9 before it,
-# were chosen on easier validation sets: the organism's own prompts alone, and a degenerate synthetic
-# Fisher.) The β each merge used is recorded in its report and provenance.
-DEFAULT_SAFETY_SHARE = 0.999
+# The default rule: β calibrated to remove this share of the task-arithmetic update's safety-Fisher
+# energy, in DEFAULT_FISHER_ROUNDS rounds (the safety Fisher re-taken at the filtered merge and β
+# calibrated again there). Chosen on the real organism's validation split (smollm2-135m, K = 8, TA scale
+# 0.5; validation refusal on its own held-out harmful prompts plus HarmBench's val behaviours, base
+# 0.800, so the selection floor is 0.72), the best validation normalised accuracy above the floor among
+# every SST variant measured (docs/fisher-and-baselines.md §7): 2 rounds at share 0.996 (β 3.9 → 136)
+# kept 0.767 at 0.251, where one round needed share 0.999 (β = 11.4) to keep 0.783 and fell to 0.075;
+# 2 rounds at 0.995 kept 0.717 (one item under the floor), at 0.997 / 0.998 0.767 / 0.750 at 0.199 /
+# 0.106. Round 2's Fisher, taken where the first filter restored the refusal loss, separates the tasks'
+# energy from the safety energy better than round 1's. A β given by hand (or a sweep, a budget, hard_top,
+# the first-order term) runs one round unless fisher_rounds says otherwise: a fixed β does not carry
+# across rounds (round 2's Fisher is ~40x smaller). The β each round used is recorded in the merge's
+# report and provenance.
+DEFAULT_SAFETY_SHARE = 0.996
+DEFAULT_FISHER_ROUNDS = 2
 
 
 class SSTParams(FisherParams):
@@ -121,6 +125,21 @@ class SSTParams(FisherParams):
     utility_pooling: UtilityPooling = Field(
         "kronecker", description="pool the tasks' utility Fishers as the nearest Kronecker product of their "
                                  "weighted mean, or as the product of the weighted means")
+    fisher_rounds: int = Field(
+        DEFAULT_FISHER_ROUNDS, ge=1, le=10, description="re-take the safety Fisher at the filtered merge and filter "
+        f"again, this many rounds in all (default: {DEFAULT_FISHER_ROUNDS} where β is calibrated by safety_share, "
+        "1 with beta, beta_sweep, hard_top, safety_budget or first_order)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_rounds(cls, data: Any) -> Any:
+        """Rounds left open: the default rule's where β is calibrated by the share, else one (a β given by
+        hand, a sweep, a budget, hard_top or the first-order term were measured in one round)."""
+        if isinstance(data, dict) and data.get("fisher_rounds") is None:
+            other_rule = any(data.get(key) not in (None, False, [])
+                             for key in ("beta", "beta_sweep", "hard_top", "safety_budget", "first_order"))
+            data = {**data, "fisher_rounds": 1 if other_rule else DEFAULT_FISHER_ROUNDS}
+        return data
 
     @model_validator(mode="after")
     def _compatible(self) -> SSTParams:
