@@ -102,6 +102,9 @@ def test_run_resume_and_determinism(micro_config: Path, tmp_path: Path, monkeypa
     for needle in ("exp1", "exp2", "exp3", "TIES", "DARE", "(mean ± sd over seeds [0, 1])"):
         assert needle in report
     assert (first / "exp1" / "pareto.png").stat().st_size > 1000
+    # The report leads with exp3, and exp3's section shows every method's Pareto front with its table.
+    exp3_section = report.split("## exp3")[1].split("\n## ")[0]
+    assert report.index("## exp3") < report.index("## exp1") and "](exp1/pareto.png)" in exp3_section
     assert (first / "exp2" / "vs_k.png").stat().st_size > 1000
     assert "Safety tax (reference: TA" in report and results["exp1"]["safety_tax"]["settings"]
     assert (first / "config.yaml").is_file() and (first / "run.log").is_file()

@@ -199,7 +199,7 @@ def _exp2(results: dict[str, Any], exp_dir: Path) -> list[str]:
     return out
 
 
-def _exp3(results: dict[str, Any], exp_dir: Path) -> list[str]:
+def _exp3(results: dict[str, Any], exp_dir: Path, config: ExperimentConfig | None = None) -> list[str]:
     rows = []
     general = general_suites([run["test"] for entry in results["exp3"]["table"] for run in entry["runs"]])
     for entry in results["exp3"]["table"]:
@@ -230,6 +230,10 @@ def _exp3(results: dict[str, Any], exp_dir: Path) -> list[str]:
         out += ["", *_paired(results["exp3"]["paired"], results["exp3"]["k"])]
     if results["exp3"].get("safety_tax"):
         out += ["", tax_markdown(results["exp3"]["safety_tax"]).replace("## ", "### ")]
+    if config is not None and results.get("exp1", {}).get("safety_tax"):
+        # Every method's front (exp1 draws it from all swept settings) belongs with the comparison.
+        exp1_dir = config.experiments["exp1"].output_dir
+        out += ["", f"![Pareto fronts of every method's swept settings (exp1)]({exp1_dir}/pareto.png)"]
     return out
 
 
@@ -295,7 +299,7 @@ def write_report(results: dict[str, Any], run_dir: Path, config: ExperimentConfi
         "their Wilson 95 % interval and n.",
     ]
     # The comparison leads; exp1's section carries the Pareto plot and the safety tax of every setting.
-    sections = {"exp3": _exp3, "exp1": _exp1, "exp2": _exp2}
+    sections: dict[str, Any] = {"exp3": lambda r, d: _exp3(r, d, config), "exp1": _exp1, "exp2": _exp2}
     for name, section in sections.items():
         if name in results:
             exp_dir = run_dir / config.experiments[name].output_dir
