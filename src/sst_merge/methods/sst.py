@@ -35,8 +35,9 @@ that model describes the merge (see `fisher_setup` for the first two):
   merge rose (4.47 nats/token at TA → 5.96–6.16 with either curvature, β calibrated, 1 or 100), where the
   plain filter's merge gave 4.08–5.32. Hence off by default.
 
-Which of these keeps refusal best on the real organism is measured on its validation split (issue 14);
-the defaults here are "ta", one round, no first-order term, until those measurements say otherwise.
+Which of these keeps refusal best on the real organism was measured on its validation split (issue 14):
+the defaults are "ta", 2 rounds where β is calibrated by the share (one where β is given), no
+first-order term (DEFAULT_SAFETY_SHARE's comment).
 The derivations, the pooling of the tasks' utility Fishers and its measurements: docs/fisher-and-baselines.md.
 """
 
