@@ -23,9 +23,8 @@ from sst_merge.generation import generate_chat
 from sst_merge.jsonl import read_jsonl
 
 SPLITS = ("val", "test")
-# The headline metric of each general suite, and the per-item field that says an item was right.
-GENERAL_HEADLINE = {"mmlu": "accuracy", "humaneval": "pass@1"}
-GENERAL_ITEM_HIT = {"mmlu": "correct", "humaneval": "passed"}
+# Per general suite: its headline metric, and the per-item field that says an item was right.
+GENERAL_FIELDS = {"mmlu": ("accuracy", "correct"), "humaneval": ("pass@1", "passed")}
 
 
 @dataclass(frozen=True)
@@ -121,10 +120,15 @@ def general_summary(suite: str, result: dict[str, Any]) -> dict[str, Any]:
     """What a cell keeps of a general suite's result: its metrics, the headline metric's name, the run's
     settings (shots, mode, subjects) and per-item `outcomes` (1/0, for paired comparisons); the items'
     text stays out of the cell."""
-    hit = GENERAL_ITEM_HIT[suite]
-    return {"headline": GENERAL_HEADLINE[suite], "metrics": result["metrics"],
+    headline, hit = GENERAL_FIELDS[suite]
+    return {"headline": headline, "metrics": result["metrics"],
             **{key: result[key] for key in ("shots", "n_subjects", "mode") if key in result},
             "outcomes": [int(bool(item[hit])) for item in result["items"]]}
+
+
+def general_headlines(general: dict[str, Any]) -> dict[str, Any]:
+    """{suite: its headline metric (value, n, ci)} of a split's general checks (`general_summary`s)."""
+    return {suite: result["metrics"][result["headline"]] for suite, result in general.items()}
 
 
 def general_checks(general: dict[str, dict[str, Any]], limits: dict[str, Any], batch_size: int,

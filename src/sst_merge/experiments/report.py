@@ -9,6 +9,7 @@ from typing import Any
 from sst_merge.atomic import write_text_atomic
 from sst_merge.eval.report import fmt_metric, fmt_number, markdown_table, plot_pareto, plot_vs_experts, tax_markdown
 from sst_merge.experiments.config import ExperimentConfig
+from sst_merge.experiments.evaluation import general_headlines
 
 
 def fmt_rate(rate: dict[str, Any] | None) -> str:
@@ -119,9 +120,9 @@ def _references(results: dict[str, Any]) -> list[str]:
 
 def _general_text(split_metrics: dict[str, Any]) -> str:
     """`MMLU 0.237 [0.212, 0.264] (n=1026)` for a reference's general checks, `–` without any."""
-    general = split_metrics.get("general") or {}
-    return "; ".join(f"{GENERAL_NAMES.get(suite, suite)} {fmt_rate(result['metrics'][result['headline']])}"
-                     for suite, result in general.items()) or "–"
+    headlines = general_headlines(split_metrics.get("general") or {})
+    return "; ".join(f"{GENERAL_NAMES.get(suite, suite)} {fmt_rate(metric)}"
+                     for suite, metric in headlines.items()) or "–"
 
 
 def _exp1(results: dict[str, Any], exp_dir: Path) -> list[str]:

@@ -20,6 +20,7 @@ from sst_merge.errors import InputError
 from sst_merge.eval.safety_tax import SafetyTaxCalculator, Setting
 from sst_merge.experiments.cells import Cell, CellStore, merge_summary, resolved_of
 from sst_merge.experiments.config import ExperimentConfig, MethodSpec, Mode
+from sst_merge.experiments.evaluation import general_headlines
 from sst_merge.experiments.paired import matched_utility_row, paired_difference
 from sst_merge.experiments.report import resolved_text
 from sst_merge.experiments.subject import Subject, resolve_subject
@@ -145,11 +146,6 @@ def summarize(record: dict[str, Any], split: str, experts: dict[str, dict[str, A
     if metrics.get("general"):
         row["general"] = general_headlines(metrics["general"])
     return row
-
-
-def general_headlines(general: dict[str, Any]) -> dict[str, Any]:
-    """{suite: its headline metric (value, n, ci)} of a split's general checks."""
-    return {suite: result["metrics"][result["headline"]] for suite, result in general.items()}
 
 
 def select(rows: list[dict[str, Any]], base_refusal: float, floor: float) -> dict[str, Any]:
