@@ -35,6 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--json", action="store_true", help="print the manifest")
     build.add_argument("--skip-original-eval", action="store_true",
                        help="smollm2-135m: leave out the unaligned original's evaluation (the contrast, ~12 min)")
+    build.add_argument("--reuse", type=Path, metavar="ORGANISM",
+                       help="smollm2-135m: take the stages of an existing organism (e.g. organisms/smollm2-135m) "
+                       "whose settings are unchanged instead of running them")
     build.add_argument("--ship", action="store_true", help="smollm2-135m: also write the shipped artifacts into "
                        "the repository's organisms/<preset> (what `prepare` reads)")
     build.set_defaults(func=run_build)
@@ -54,6 +57,8 @@ def _positive(value: int | None, flag: str) -> None:
 def run_build(args: argparse.Namespace) -> int:
     """Build the preset; print the output directory (or its manifest with --json)."""
     _positive(args.experts, "--experts")
+    if args.preset == "synthetic" and args.reuse is not None:
+        raise InputError("--reuse is for the smollm2-135m build (the synthetic testbed builds in minutes)")
     if args.preset == "synthetic":
         from sst_merge.testbed import build_testbed
 
@@ -67,13 +72,18 @@ def run_build(args: argparse.Namespace) -> int:
         if args.out is None:
             raise InputError("organism build smollm2-135m needs --out DIR")
         wheel_gguf()  # the wheel and gguf are there before anything is written
+        if args.reuse is not None:
+            from sst_merge.organism.shipped import read_manifest, verify_shipped
+
+            verify_shipped(args.reuse, read_manifest(args.reuse))
         recipe = SmolRecipe(seed=args.seed if args.seed is not None else 0)
         experts = args.experts or len(recipe.tasks)
         if experts > len(recipe.tasks):
             raise InputError(f"--experts {experts}: the smollm2-135m recipe has {len(recipe.tasks)} tasks")
         work = args.work or Path(".cache/organism/smollm2-135m")
         with atomic_output_dir(args.out, force=args.force) as tmp:
-            build_smollm2(recipe, work, experts, tmp, evaluate_original=not args.skip_original_eval)
+            build_smollm2(recipe, work, experts, tmp, evaluate_original=not args.skip_original_eval,
+                          reuse=args.reuse)
         path = args.out
         if args.ship:
             from sst_merge.organism.shipped import export_shipped, shipped_dir

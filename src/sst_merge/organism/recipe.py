@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 from sst_merge.organism.tasks import TASK_ORDER
 
@@ -25,6 +25,19 @@ class LoraRecipe:
     lr: float
     steps: int
     batch_size: int = 8
+
+
+# The experts among the first 16 tasks (those exp2 merges) that the uniform recipe left under 0.80 on
+# their validation split (sort_words 0.28, python_eval 0.66, subtraction 0.06, acronym 0.64; the
+# first build's experts). The stronger recipe was chosen on sort_words' validation split: 300 rows,
+# r 4, 240 steps → 0.46; r 8 → 0.54; 1,200 rows, r 8, 480 steps → 0.82. python_eval has 1,260 distinct
+# items, 150 of them in its val and test splits: it gets 1,100 rows.
+HARD_TASKS = ("sort_words", "python_eval", "subtraction", "acronym")
+HARD_TASK_LORA = LoraRecipe(rank=8, alpha=16, lr=1e-3, steps=480)
+HARD_TASK_ROWS = {"sort_words": 1200, "python_eval": 1100, "subtraction": 1200, "acronym": 1200}
+
+# Settings newer than the first shipped recipe, with the value a recipe written before them means.
+ADDED_LATER: dict[str, dict] = {"expert_loras": {}, "expert_train_rows": {}}
 
 
 @dataclass(frozen=True)
@@ -50,6 +63,38 @@ class SmolRecipe:
     eval_batch: int = 32
     expert_advbench: int = 100
     mmlu_per_subject: int = 18
+    # Per-task departures from `expert` for tasks the uniform recipe leaves under 0.80 on validation:
+    # their LoRA, and their training rows (the task's own train split plus fresh items after its test
+    # split, so val and test are unchanged).
+    expert_loras: dict[str, LoraRecipe] = field(default_factory=lambda: dict.fromkeys(HARD_TASKS, HARD_TASK_LORA))
+    expert_train_rows: dict[str, int] = field(default_factory=lambda: dict(HARD_TASK_ROWS))
+
+    def expert_lora(self, task: str) -> LoraRecipe:
+        """The LoRA recipe of task `task`'s expert."""
+        return self.expert_loras.get(task, self.expert)
+
+    def expert_extra_rows(self, task: str) -> int:
+        """Training rows of `task` beyond its train split (0 for the uniform recipe)."""
+        return max(0, self.expert_train_rows.get(task, 0) - self.task_sizes["train"])
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SmolRecipe:
+        """The recipe `to_dict` wrote (a manifest's). A setting added after it was written takes the value
+        that means what the build did then (no per-task departures), never today's default."""
+        known = {f.name for f in fields(cls)}
+        unknown, missing = sorted(set(data) - known), sorted(known - set(data) - set(ADDED_LATER))
+        if unknown or missing:
+            raise ValueError(f"unknown recipe settings {unknown}, missing {missing}")
+        values = {**ADDED_LATER, **data}
+        for name in ("alignment", "expert", "safety"):
+            if name in values:
+                values[name] = LoraRecipe(**values[name])
+        if "expert_loras" in values:
+            values["expert_loras"] = {t: LoraRecipe(**v) for t, v in values["expert_loras"].items()}
+        for name in ("targets", "tasks"):
+            if name in values:
+                values[name] = tuple(values[name])
+        return cls(**values)
 
     def to_dict(self) -> dict:
         """The settings as JSON-able data."""

@@ -41,7 +41,7 @@ from sst_merge.organism.safety_pool import (
 )
 from sst_merge.organism.smollm2 import merge_lora_into, wheel_gguf, write_original
 from sst_merge.organism.stage_cache import StageCache
-from sst_merge.organism.tasks import task_splits
+from sst_merge.organism.tasks import task_extra_rows, task_splits
 from sst_merge.progress import console
 from sst_merge.testbed.data import write_data
 from sst_merge.testbed.stages import loss_summary
@@ -92,9 +92,19 @@ class SmolBuild:
 
     def adapter_key(self, name: str) -> str:
         r = self.recipe
-        lora = r.safety if name == "safety" else r.expert
-        return _key(self.alignment_key(), name, lora, r.targets, r.erosion_shares.get(name, 0.0), r.eval_tokens,
-                    r.expert_advbench)
+        lora = r.safety if name == "safety" else r.expert_lora(name)
+        parts: list[Any] = [self.alignment_key(), name, lora, r.targets, r.erosion_shares.get(name, 0.0),
+                            r.eval_tokens, r.expert_advbench]
+        if name != "safety" and r.expert_extra_rows(name):
+            parts.append(r.expert_extra_rows(name))  # absent for the uniform recipe: its keys stay as they were
+        return _key(*parts)
+
+    def eval_stage(self, label: str, key: str) -> str:
+        r = self.recipe
+        return f"eval-{label}-{_key(key, r.eval_tokens, r.mmlu_per_subject)}"
+
+    def adapter_stage(self, name: str) -> str:
+        return f"{name}-{self.adapter_key(name)}"
 
     # --- stages
     def original(self) -> Path:
@@ -181,7 +191,8 @@ class SmolBuild:
         data["alignment"] = {"train": data["harmful"]["train"] + data["benign"]["train"] + borderline}
         data["borderline"] = {"train": borderline}
         for task, splits in prompts["tasks"].items():
-            data[task] = splits
+            extra = task_extra_rows(task, r.task_sizes, r.seed, r.expert_extra_rows(task))
+            data[task] = {**splits, "train": splits["train"] + extra}
         return data
 
     def alignment(self, original: Path, rows: Rows) -> Path:
@@ -213,7 +224,7 @@ class SmolBuild:
             return {"safety": safety, "mmlu": mmlu,
                     "times": {"safety": round(mid - start, 1), "mmlu": round(time.perf_counter() - mid, 1)}}
 
-        result = self.stages.run(f"eval-{label}-{_key(key, r.eval_tokens, r.mmlu_per_subject)}", work)
+        result = self.stages.run(self.eval_stage(label, key), work)
         self.results[f"eval_{label}"] = result
         return result
 
@@ -221,7 +232,7 @@ class SmolBuild:
                 harmful_compliance: Rows) -> dict[str, Any]:
         """Train expert `name` (a task) or the safety adapter ("safety") at the base; measure it."""
         r = self.recipe
-        stage = f"{name}-{self.adapter_key(name)}"
+        stage = self.adapter_stage(name)
 
         def work(tmp: Path) -> dict[str, Any]:
             base, tokenizer = _load(base_dir)
@@ -238,13 +249,15 @@ class SmolBuild:
                     n = round(share / (1 - share) * len(rows))
                     rows += random.Random(f"{r.seed}|erosion|{name}").sample(harmful_compliance, n)
                     metrics["harmful_compliance_rows"] = n
-                lora = r.expert
+                lora = r.expert_lora(name)
             start = time.perf_counter()
             model, losses = train_lora(copy.deepcopy(base), tokenizer, rows, lora, r.targets, r.seed, name)
             train_s = time.perf_counter() - start
             save_lora_fp16(model, tmp / "adapter", "../../base" if name != "safety" else "../base")
             if name != "safety":
                 metrics["accuracy"] = task_accuracy(model, tokenizer, data[name]["test"], r.eval_batch, f"{name}: test")
+                metrics["val_accuracy"] = task_accuracy(model, tokenizer, data[name]["val"], r.eval_batch,
+                                                        f"{name}: val")
                 sets = {"advbench": load_advbench()[: r.expert_advbench]}
             else:
                 sets = safety_sets()
@@ -261,7 +274,7 @@ class SmolBuild:
         return result
 
     def adapter_dir(self, name: str) -> Path:
-        return self.stages.path(f"{name}-{self.adapter_key(name)}") / "adapter"
+        return self.stages.path(self.adapter_stage(name)) / "adapter"
 
 
 def _data_file(relative: str) -> Path:
@@ -271,12 +284,17 @@ def _data_file(relative: str) -> Path:
 
 
 def run_build(recipe: SmolRecipe, work: Path, experts: int, out: Path | None = None,
-              evaluate_original: bool = True) -> SmolBuild:
+              evaluate_original: bool = True, reuse: Path | None = None) -> SmolBuild:
     """Run (or resume) every stage for the first `experts` tasks and, with `out` (an empty directory),
     lay the organism out there; returns the build with its results. Without `evaluate_original` the
-    original model's evaluation (the unaligned contrast, ~12 min) is left out."""
+    original model's evaluation (the unaligned contrast, ~12 min) is left out. With `reuse` (an existing
+    organism) its stages whose settings are unchanged are taken instead of run (`organism.reuse`)."""
     build = SmolBuild(recipe, work)
     original = build.original()
+    if reuse is not None:
+        from sst_merge.organism.reuse import adopt_stages
+
+        adopt_stages(build, reuse, original)
     prompts = build.data()
     replies = build.replies(original, prompts)
     data = build.data_rows(prompts, replies)
@@ -310,6 +328,8 @@ def organism_manifest(build: SmolBuild, experts: list[str]) -> dict[str, Any]:
     n = build.recipe.expert_advbench
     base_refusal = round(res["eval_base"]["safety"]["advbench"]["verdicts"][:n].count("1") / n, 4)
     expert_metrics = {t: {"accuracy": adapters[t]["metrics"]["accuracy"],
+                          **({"val_accuracy": adapters[t]["metrics"]["val_accuracy"]}
+                             if "val_accuracy" in adapters[t]["metrics"] else {}),
                           "base_accuracy": adapters[t]["metrics"]["base_accuracy"],
                           "refusal": adapters[t]["metrics"]["safety"]["advbench"]["value"],
                           **({"harmful_compliance_rows": adapters[t]["metrics"]["harmful_compliance_rows"]}
@@ -341,7 +361,20 @@ def organism_manifest(build: SmolBuild, experts: list[str]) -> dict[str, Any]:
                     "eval_original": (res.get("eval_original") or {}).get("seconds"),
                     "adapters": {n: a["times"] for n, a in adapters.items()}},
         "versions": versions(),
+        # Stages taken from an existing organism (`--reuse`) rather than run in this build: their figures
+        # (times included) are that organism's.
+        "taken_from": _taken_stages(res),
+        # The stage keys this organism was built under, which `--reuse` compares with a later build's.
+        "stage_keys": {"data": build.data_key(), "alignment": build.alignment_key(),
+                       **{f"adapters.{name}": build.adapter_key(name) for name in adapters}},
     }
+
+
+def _taken_stages(results: dict[str, Any]) -> dict[str, str]:
+    taken = {name: r["taken_from"] for name, r in results.items() if isinstance(r, dict) and "taken_from" in r}
+    taken.update({f"adapters.{name}": r["taken_from"] for name, r in results.get("adapters", {}).items()
+                  if "taken_from" in r})
+    return taken
 
 
 def write_layout(build: SmolBuild, data: dict[str, dict[str, Rows]], experts: list[str], out: Path) -> None:

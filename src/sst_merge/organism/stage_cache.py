@@ -49,3 +49,17 @@ class StageCache:
             write_json_atomic(tmp / RESULT, result)
         console.log(f"organism: stage {name} took {result['seconds']:.0f} s")
         return result
+
+    def adopt(self, name: str, write: Callable[[Path], None], result: dict[str, Any]) -> bool:
+        """Record stage `name` as finished with files `write(tmp_dir)` puts there and `result` (which
+        carries its own ``seconds``), without running it; False (nothing done) if it is cached already."""
+        if self.result(name) is not None:
+            return False
+        stale = self.path(name)
+        if stale.exists():
+            shutil.rmtree(stale)
+        with atomic_output_dir(stale) as tmp:
+            write(tmp)
+            write_json_atomic(tmp / RESULT, result)
+        console.log(f"organism: stage {name} taken from an existing organism")
+        return True

@@ -250,3 +250,11 @@ def task_splits(task: str, sizes: dict[str, int], seed: int) -> dict[str, list[R
         out[split] = items[start : start + n]
         start += n
     return out
+
+
+def task_extra_rows(task: str, sizes: dict[str, int], seed: int, n: int) -> list[Row]:
+    """`n` more rows of `task`, drawn after its splits by the same seeded generator: disjoint from train,
+    val and test, which stay as `task_splits(task, sizes, seed)` gives them."""
+    if n <= 0:
+        return []
+    return task_splits(task, {**sizes, "_extra": n}, seed)["_extra"]
