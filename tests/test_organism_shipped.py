@@ -94,3 +94,26 @@ def test_prepare_bad_input_exit_2_and_nothing_written(tmp_path, capsys):
     assert "no organism.json" in capsys.readouterr().err
     assert main(["organism", "build", "synthetic", "--experts", "0"]) == 2
     assert "--experts must be at least 1" in capsys.readouterr().err
+
+
+def test_the_shipped_organism_is_what_todays_recipe_builds():
+    """The shipped manifest's recipe and stage keys are today's recipe's: a recipe edited without
+    rebuilding (or a shipped expert that is not the recipe's) fails here, not in someone's experiment."""
+    from sst_merge.jsonl import read_jsonl
+    from sst_merge.organism.recipe import SmolRecipe
+    from sst_merge.organism.shipped import shipped_dir
+    from sst_merge.organism.smollm2_build import SmolBuild
+
+    root = shipped_dir("smollm2-135m")
+    manifest = read_manifest(root)
+    recipe = SmolRecipe()
+    assert SmolRecipe.from_dict(manifest["recipe"]) == recipe
+    build = SmolBuild(recipe, Path("unused"))
+    keys = manifest["stage_keys"]
+    assert keys["data"] == build.data_key() and keys["alignment"] == build.alignment_key()
+    for task in manifest["tasks"]:
+        assert keys[f"adapters.{task}"] == build.adapter_key(task), task
+        config = json.loads((root / "experts" / task / "adapter_config.json").read_text())
+        assert config["r"] == recipe.expert_lora(task).rank, task
+        train = read_jsonl(root / "data" / task / "train.jsonl")
+        assert len(train) == recipe.task_sizes["train"] + recipe.expert_extra_rows(task), task
