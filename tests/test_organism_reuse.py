@@ -119,6 +119,10 @@ def test_reuse_of_a_corrupt_organism_is_exit_2_naming_the_file(organism, tmp_pat
         shutil.copy(organism / "experts/addition/adapter_model.safetensors", weights)
         adopt_stages(SmolBuild(_recipe(), tmp_path / "w2"), copy, tmp_path / "unused")
     assert main(["organism", "build", "synthetic", "--reuse", str(organism)]) == 2
+    del manifest["times_s"]
+    (copy / MANIFEST).write_text(json.dumps({**manifest, "preset": "smollm2-135m"}))
+    with pytest.raises(InputError, match="lacks times_s"):
+        adopt_stages(SmolBuild(_recipe(), tmp_path / "w3"), copy, tmp_path / "unused")
 
 
 def test_recipe_round_trips_and_an_old_recipe_means_no_overrides():

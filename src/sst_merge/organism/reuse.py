@@ -41,6 +41,10 @@ def adopt_stages(build: SmolBuild, organism: Path, original: Path) -> list[str]:
     verify_shipped(organism, manifest)
     if manifest.get("preset") != "smollm2-135m":
         raise InputError(f"not a smollm2-135m organism (preset {manifest.get('preset')!r})", organism / "organism.json")
+    lacking = [key for key in ("tasks", "metrics", "times_s", "train_loss") if not isinstance(manifest.get(key),
+                                                                                             (dict, list))]
+    if lacking:
+        raise InputError(f"its manifest lacks {', '.join(lacking)}: not a built organism", organism / "organism.json")
     then = SmolBuild(_recipe_of(organism, manifest), build.stages.root)
     # The keys it recorded when built; a manifest older than them is keyed by its recipe under today's code.
     recorded: dict[str, str] = manifest.get("stage_keys") or {}
