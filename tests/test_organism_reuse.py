@@ -17,7 +17,7 @@ from sst_merge.cli import main
 from sst_merge.errors import InputError
 from sst_merge.organism import smollm2
 from sst_merge.organism.recipe import LoraRecipe, SmolRecipe
-from sst_merge.organism.reuse import adopt_stages
+from sst_merge.organism.reuse import adopt_stages, reusable_manifest
 from sst_merge.organism.shipped import MANIFEST, shipped_files
 from sst_merge.organism.smollm2_build import SmolBuild
 from sst_merge.organism.stage_cache import RESULT
@@ -70,7 +70,7 @@ def organism(original, tmp_path_factory) -> Path:
 
 def test_unchanged_stages_are_taken_and_a_changed_expert_is_left_to_train(organism, original, tmp_path):
     build = SmolBuild(_recipe(expert_loras={"date_iso": STRONGER}), tmp_path / "work")
-    taken = adopt_stages(build, organism, original)
+    taken = adopt_stages(build, organism, reusable_manifest(organism), original)
 
     assert set(taken) == {f"alignment-{build.alignment_key()}", build.eval_stage("base", build.alignment_key()),
                           build.eval_stage("original", "original"), build.adapter_stage("addition"),
@@ -90,12 +90,13 @@ def test_unchanged_stages_are_taken_and_a_changed_expert_is_left_to_train(organi
     assert build.stages.result(build.eval_stage("base", build.alignment_key()))["seconds"] == 800.0
     assert json.loads((aligned / RESULT).read_text())["rows"] == 6
 
-    assert adopt_stages(build, organism, original) == []  # cached now: nothing is taken twice
+    # cached now: nothing is taken twice
+    assert adopt_stages(build, organism, reusable_manifest(organism), original) == []
 
 
 def test_a_changed_alignment_takes_nothing(organism, original, tmp_path):
     changed = _recipe(alignment=LoraRecipe(rank=8, alpha=16, lr=4e-4, steps=301))
-    assert adopt_stages(SmolBuild(changed, tmp_path / "work"), organism, original) == []
+    assert adopt_stages(SmolBuild(changed, tmp_path / "work"), organism, reusable_manifest(organism), original) == []
     assert not any((tmp_path / "work").glob("*/" + RESULT))
 
 
@@ -117,12 +118,12 @@ def test_reuse_of_a_corrupt_organism_is_exit_2_naming_the_file(organism, tmp_pat
         manifest = json.loads((organism / MANIFEST).read_text())
         (copy / MANIFEST).write_text(json.dumps({**manifest, "preset": "synthetic"}))
         shutil.copy(organism / "experts/addition/adapter_model.safetensors", weights)
-        adopt_stages(SmolBuild(_recipe(), tmp_path / "w2"), copy, tmp_path / "unused")
+        reusable_manifest(copy)
     assert main(["organism", "build", "synthetic", "--reuse", str(organism)]) == 2
     del manifest["times_s"]
     (copy / MANIFEST).write_text(json.dumps({**manifest, "preset": "smollm2-135m"}))
     with pytest.raises(InputError, match="lacks times_s"):
-        adopt_stages(SmolBuild(_recipe(), tmp_path / "w3"), copy, tmp_path / "unused")
+        reusable_manifest(copy)
 
 
 def test_recipe_round_trips_and_an_old_recipe_means_no_overrides():
@@ -170,6 +171,6 @@ def test_recorded_stage_keys_decide_over_the_recipe(organism, original, tmp_path
     manifest["stage_keys"] = {"alignment": build.alignment_key(), "adapters.addition": "0000000000",
                               "adapters.safety": build.adapter_key("safety")}
     (copy / MANIFEST).write_text(json.dumps(manifest))
-    taken = adopt_stages(build, copy, original)
+    taken = adopt_stages(build, copy, reusable_manifest(copy), original)
     assert build.adapter_stage("safety") in taken and build.adapter_stage("date_iso") in taken
     assert build.adapter_stage("addition") not in taken

@@ -87,13 +87,10 @@ class SmolRecipe:
             raise ValueError(f"unknown recipe settings {unknown}, missing {missing}")
         values = {**ADDED_LATER, **data}
         for name in ("alignment", "expert", "safety"):
-            if name in values:
-                values[name] = LoraRecipe(**values[name])
-        if "expert_loras" in values:
-            values["expert_loras"] = {t: LoraRecipe(**v) for t, v in values["expert_loras"].items()}
+            values[name] = LoraRecipe(**values[name])
+        values["expert_loras"] = {t: LoraRecipe(**v) for t, v in values["expert_loras"].items()}
         for name in ("targets", "tasks"):
-            if name in values:
-                values[name] = tuple(values[name])
+            values[name] = tuple(values[name])
         return cls(**values)
 
     def to_dict(self) -> dict:

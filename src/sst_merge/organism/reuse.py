@@ -24,7 +24,7 @@ from sst_merge.jsonl import read_jsonl
 from sst_merge.organism.recipe import SmolRecipe
 from sst_merge.organism.shipped import read_manifest, verify_shipped
 from sst_merge.organism.smollm2 import merge_lora_into
-from sst_merge.organism.smollm2_build import SmolBuild
+from sst_merge.organism.smollm2_build import SAFETY_PARTS, SmolBuild
 
 
 def _recipe_of(organism: Path, manifest: dict[str, Any]) -> SmolRecipe:
@@ -34,9 +34,9 @@ def _recipe_of(organism: Path, manifest: dict[str, Any]) -> SmolRecipe:
         raise InputError(f"its manifest's recipe cannot be read ({exc})", organism / "organism.json") from exc
 
 
-def adopt_stages(build: SmolBuild, organism: Path, original: Path) -> list[str]:
-    """Record in `build`'s stage cache every stage `organism` holds with unchanged settings (`original`:
-    the build's original model, for merging `base`); returns the stage names taken."""
+def reusable_manifest(organism: Path) -> dict[str, Any]:
+    """The manifest of `organism`, checked to be a built smollm2-135m organism whose files are intact
+    (else an InputError naming the file)."""
     manifest = read_manifest(organism)
     verify_shipped(organism, manifest)
     if manifest.get("preset") != "smollm2-135m":
@@ -45,6 +45,13 @@ def adopt_stages(build: SmolBuild, organism: Path, original: Path) -> list[str]:
                                                                                              (dict, list))]
     if lacking:
         raise InputError(f"its manifest lacks {', '.join(lacking)}: not a built organism", organism / "organism.json")
+    return manifest
+
+
+def adopt_stages(build: SmolBuild, organism: Path, manifest: dict[str, Any], original: Path) -> list[str]:
+    """Record in `build`'s stage cache every stage `organism` (with its `reusable_manifest`) holds with
+    unchanged settings (`original`: the build's original model, for merging `base`); returns the stage
+    names taken."""
     then = SmolBuild(_recipe_of(organism, manifest), build.stages.root)
     # The keys it recorded when built; a manifest older than them is keyed by its recipe under today's code.
     recorded: dict[str, str] = manifest.get("stage_keys") or {}
@@ -54,7 +61,7 @@ def adopt_stages(build: SmolBuild, organism: Path, original: Path) -> list[str]:
     alignment_then = recorded.get("alignment", then.alignment_key())
     if alignment_then != build.alignment_key():
         return taken
-    name = f"alignment-{build.alignment_key()}"
+    name = build.alignment_stage()
 
     def write_alignment(tmp: Path) -> None:
         shutil.copytree(organism / "alignment", tmp / "alignment")
@@ -96,6 +103,5 @@ def adopt_stages(build: SmolBuild, organism: Path, original: Path) -> list[str]:
 def _rows(organism: Path, name: str, metrics: dict[str, Any]) -> int:
     """The training rows of adapter `name` as the build counted them."""
     if name == "safety":
-        return sum(len(read_jsonl(organism / "data" / part / "train.jsonl")) for part in
-                   ("harmful", "benign", "borderline"))
+        return sum(len(read_jsonl(organism / "data" / part / "train.jsonl")) for part in SAFETY_PARTS)
     return len(read_jsonl(organism / "data" / name / "train.jsonl")) + metrics.get("harmful_compliance_rows", 0)

@@ -47,6 +47,8 @@ from sst_merge.testbed.data import write_data
 from sst_merge.testbed.stages import loss_summary
 
 Rows = list[dict[str, str]]
+# The safety adapter's training data: refusals, the original's helpful replies, safe-but-alarming prompts.
+SAFETY_PARTS = ("harmful", "benign", "borderline")
 ALIGNMENT_BASE_NAME = "../original"
 
 
@@ -98,6 +100,9 @@ class SmolBuild:
         if name != "safety" and r.expert_extra_rows(name):
             parts.append(r.expert_extra_rows(name))  # absent for the uniform recipe: its keys stay as they were
         return _key(*parts)
+
+    def alignment_stage(self) -> str:
+        return f"alignment-{self.alignment_key()}"
 
     def eval_stage(self, label: str, key: str) -> str:
         r = self.recipe
@@ -196,7 +201,7 @@ class SmolBuild:
         return data
 
     def alignment(self, original: Path, rows: Rows) -> Path:
-        name = f"alignment-{self.alignment_key()}"
+        name = self.alignment_stage()
 
         def work(tmp: Path) -> dict[str, Any]:
             model, tokenizer = _load(original)
@@ -238,7 +243,7 @@ class SmolBuild:
             base, tokenizer = _load(base_dir)
             metrics: dict[str, Any] = {}
             if name == "safety":
-                rows = data["harmful"]["train"] + data["benign"]["train"] + data["borderline"]["train"]
+                rows = [row for part in SAFETY_PARTS for row in data[part]["train"]]
                 lora = r.safety
             else:
                 test = data[name]["test"]
@@ -290,11 +295,13 @@ def run_build(recipe: SmolRecipe, work: Path, experts: int, out: Path | None = N
     original model's evaluation (the unaligned contrast, ~12 min) is left out. With `reuse` (an existing
     organism) its stages whose settings are unchanged are taken instead of run (`organism.reuse`)."""
     build = SmolBuild(recipe, work)
+    if reuse is not None:
+        from sst_merge.organism.reuse import adopt_stages, reusable_manifest
+
+        reused = reusable_manifest(reuse)  # bad input stops the build before it writes anything
     original = build.original()
     if reuse is not None:
-        from sst_merge.organism.reuse import adopt_stages
-
-        adopt_stages(build, reuse, original)
+        adopt_stages(build, reuse, reused, original)
     prompts = build.data()
     replies = build.replies(original, prompts)
     data = build.data_rows(prompts, replies)
@@ -386,7 +393,7 @@ def write_layout(build: SmolBuild, data: dict[str, dict[str, Rows]], experts: li
 
     skip = shutil.ignore_patterns("README.md")
     shutil.copytree(build.stages.path("original") / "model", out / "original")
-    aligned = build.stages.path(f"alignment-{build.alignment_key()}")
+    aligned = build.stages.path(build.alignment_stage())
     shutil.copytree(aligned / "base", out / "base")
     shutil.copytree(aligned / "alignment", out / "alignment", ignore=skip)
     for task in experts:

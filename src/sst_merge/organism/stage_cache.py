@@ -37,16 +37,15 @@ class StageCache:
         cached = self.result(name)
         if cached is not None:
             return cached
-        stale = self.path(name)
-        if stale.exists():
-            shutil.rmtree(stale)
-        # atomic_output_dir removes the temporaries a killed run of this stage left behind.
         console.log(f"organism: stage {name}")
         start = time.perf_counter()
-        with atomic_output_dir(stale) as tmp:
+
+        def timed(tmp: Path) -> dict[str, Any]:
             result = work(tmp)
             result["seconds"] = round(time.perf_counter() - start, 1)
-            write_json_atomic(tmp / RESULT, result)
+            return result
+
+        result = self._store(name, timed)
         console.log(f"organism: stage {name} took {result['seconds']:.0f} s")
         return result
 
@@ -55,11 +54,23 @@ class StageCache:
         carries its own ``seconds``), without running it; False (nothing done) if it is cached already."""
         if self.result(name) is not None:
             return False
+
+        def fill(tmp: Path) -> dict[str, Any]:
+            write(tmp)
+            return result
+
+        self._store(name, fill)
+        console.log(f"organism: stage {name} taken from an existing organism")
+        return True
+
+    def _store(self, name: str, fill: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+        """Write stage `name` afresh: `fill(tmp_dir)` puts its files there and returns its result, saved
+        as ``stage.json``; the directory appears only once complete."""
         stale = self.path(name)
         if stale.exists():
             shutil.rmtree(stale)
+        # atomic_output_dir removes the temporaries a killed run of this stage left behind.
         with atomic_output_dir(stale) as tmp:
-            write(tmp)
+            result = fill(tmp)
             write_json_atomic(tmp / RESULT, result)
-        console.log(f"organism: stage {name} taken from an existing organism")
-        return True
+        return result
