@@ -159,6 +159,16 @@ def test_extra_rows_are_fresh_and_leave_the_splits_as_they_were(task):
     assert task_extra_rows(task, sizes, 0, 500) == extra and task_extra_rows(task, sizes, 0, 0) == []
 
 
+@pytest.mark.parametrize("task", sorted(SmolRecipe().expert_train_rows))
+def test_every_per_task_row_count_is_drawn_from_items_outside_the_splits(task):
+    recipe = SmolRecipe()
+    extra = task_extra_rows(task, recipe.task_sizes, recipe.seed, recipe.expert_extra_rows(task))
+    splits = task_splits(task, recipe.task_sizes, recipe.seed)
+    assert len(splits["train"]) + len(extra) == recipe.expert_train_rows[task]
+    seen = {r["prompt"] for rows in splits.values() for r in rows}
+    assert not seen & {r["prompt"] for r in extra} and len({r["prompt"] for r in extra}) == len(extra)
+
+
 def test_recorded_stage_keys_decide_over_the_recipe(organism, original, tmp_path):
     """A manifest's own stage keys (a build's record) win: a stage whose recorded key differs from the
     build's is not taken even where the recipe says it is the same."""
