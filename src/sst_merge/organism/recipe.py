@@ -67,7 +67,7 @@ class SmolRecipe:
     eval_batch: int = 32
     expert_advbench: int = 100
     mmlu_per_subject: int = 18
-    # Per-task departures from `expert` for tasks the uniform recipe leaves at or under 0.80 on validation:
+    # Per-task departures from `expert` (HARD_TASKS: weak on validation, within the size budget):
     # their LoRA, and their training rows (the task's own train split plus fresh items after its test
     # split, so val and test are unchanged).
     expert_loras: dict[str, LoraRecipe] = field(default_factory=lambda: dict.fromkeys(HARD_TASKS, HARD_TASK_LORA))
