@@ -33,12 +33,15 @@ class LoraRecipe:
 # was chosen on sort_words' validation split: 300 rows, r 4, 240 steps → 0.46; r 8 → 0.54; 1,200 rows,
 # r 8, 480 steps → 0.82. python_eval has 1,260 distinct items (150 in its val and test splits): it gets
 # 1,100 rows. Each r 8 expert adds ~1.8 MB to the shipped set: with all eight it is 65.1 MB, over its
-# 60 MB budget, so only the five among the first 16 tasks (those the minimal experiments merge) get it;
-# count_words, even_odd and repeat_word reached 1.0 on validation with it too (probe, not shipped).
+# 60 MB budget, so the five among the first 16 tasks (those the minimal experiments merge) get r 8, and
+# the three others keep r 4 (the uniform size) with the longer training and more rows (LONG_TASKS).
+# repeat_word has 492 distinct items (450 in its splits): it gets 340 rows.
 HARD_TASKS = ("sort_words", "python_eval", "subtraction", "acronym", "time_24h")
 HARD_TASK_LORA = LoraRecipe(rank=8, alpha=16, lr=1e-3, steps=480)
+LONG_TASKS = ("count_words", "even_odd", "repeat_word")
+LONG_TASK_LORA = LoraRecipe(rank=4, alpha=8, lr=1e-3, steps=480)
 HARD_TASK_ROWS = {"sort_words": 1200, "python_eval": 1100, "subtraction": 1200, "acronym": 1200,
-                  "time_24h": 1200}
+                  "time_24h": 1200, "count_words": 1200, "even_odd": 1200, "repeat_word": 340}
 
 # Settings newer than the first shipped recipe, with the value a recipe written before them means.
 ADDED_LATER: dict[str, dict] = {"expert_loras": {}, "expert_train_rows": {}}
@@ -67,10 +70,11 @@ class SmolRecipe:
     eval_batch: int = 32
     expert_advbench: int = 100
     mmlu_per_subject: int = 18
-    # Per-task departures from `expert` (HARD_TASKS: weak on validation, within the size budget):
-    # their LoRA, and their training rows (the task's own train split plus fresh items after its test
-    # split, so val and test are unchanged).
-    expert_loras: dict[str, LoraRecipe] = field(default_factory=lambda: dict.fromkeys(HARD_TASKS, HARD_TASK_LORA))
+    # Per-task departures from `expert` (HARD_TASKS, LONG_TASKS: weak on validation, within the size
+    # budget): their LoRA, and their training rows (the task's own train split plus fresh items after
+    # its test split, so val and test are unchanged).
+    expert_loras: dict[str, LoraRecipe] = field(default_factory=lambda: {
+        **dict.fromkeys(HARD_TASKS, HARD_TASK_LORA), **dict.fromkeys(LONG_TASKS, LONG_TASK_LORA)})
     expert_train_rows: dict[str, int] = field(default_factory=lambda: dict(HARD_TASK_ROWS))
 
     def expert_lora(self, task: str) -> LoraRecipe:
