@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 
 from sst_merge.organism.tasks import TASK_ORDER
 
@@ -37,11 +37,13 @@ class LoraRecipe:
 # the three others keep r 4 (the uniform size) with the longer training and more rows (LONG_TASKS;
 # validation with it: count_words 0.98, even_odd 1.0, repeat_word 1.0). repeat_word has 492 distinct
 # items (450 in its splits): it gets 340 rows.
+UNIFORM_EXPERT_LORA = LoraRecipe(rank=4, alpha=8, lr=1e-3, steps=80)
 HARD_TASKS = ("sort_words", "python_eval", "subtraction", "acronym", "time_24h")
 HARD_TASK_LORA = LoraRecipe(rank=8, alpha=16, lr=1e-3, steps=480)
 LONG_TASKS = ("count_words", "even_odd", "repeat_word")
-LONG_TASK_LORA = LoraRecipe(rank=4, alpha=8, lr=1e-3, steps=480)
-HARD_TASK_ROWS = {"sort_words": 1200, "python_eval": 1100, "subtraction": 1200, "acronym": 1200,
+LONG_TASK_LORA = replace(UNIFORM_EXPERT_LORA, steps=HARD_TASK_LORA.steps)
+# Training rows of every weak task (HARD_TASKS and LONG_TASKS).
+WEAK_TASK_ROWS = {"sort_words": 1200, "python_eval": 1100, "subtraction": 1200, "acronym": 1200,
                   "time_24h": 1200, "count_words": 1200, "even_odd": 1200, "repeat_word": 340}
 
 # Settings newer than the first shipped recipe, with the value a recipe written before them means.
@@ -59,7 +61,7 @@ class SmolRecipe:
     benign_sizes: dict[str, int] = field(default_factory=lambda: {"train": 360, "val": 100, "test": 100})
     reply_tokens: int = 64
     alignment: LoraRecipe = LoraRecipe(rank=8, alpha=16, lr=4e-4, steps=300)
-    expert: LoraRecipe = LoraRecipe(rank=4, alpha=8, lr=1e-3, steps=80)
+    expert: LoraRecipe = UNIFORM_EXPERT_LORA
     safety: LoraRecipe = LoraRecipe(rank=4, alpha=8, lr=5e-4, steps=120)
     targets: tuple[str, ...] = LORA_TARGETS
     tasks: tuple[str, ...] = tuple(TASK_ORDER)
@@ -76,7 +78,7 @@ class SmolRecipe:
     # its test split, so val and test are unchanged).
     expert_loras: dict[str, LoraRecipe] = field(default_factory=lambda: {
         **dict.fromkeys(HARD_TASKS, HARD_TASK_LORA), **dict.fromkeys(LONG_TASKS, LONG_TASK_LORA)})
-    expert_train_rows: dict[str, int] = field(default_factory=lambda: dict(HARD_TASK_ROWS))
+    expert_train_rows: dict[str, int] = field(default_factory=lambda: dict(WEAK_TASK_ROWS))
 
     def expert_lora(self, task: str) -> LoraRecipe:
         """The LoRA recipe of task `task`'s expert."""
