@@ -38,6 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--reuse", type=Path, metavar="ORGANISM",
                        help="smollm2-135m: take the stages of an existing organism (e.g. organisms/smollm2-135m) "
                        "whose settings are unchanged instead of running them")
+    build.add_argument("--recipe", type=Path, metavar="FILE",
+                       help="smollm2-135m: a JSON object of recipe settings that depart from today's (e.g. "
+                       "{\"frame_matched_frames\": 3}), or an organism.json whose recipe to rebuild")
     build.add_argument("--ship", action="store_true", help="smollm2-135m: also write the shipped artifacts into "
                        "the repository's organisms/<preset> (what `prepare` reads)")
     build.set_defaults(func=run_build)
@@ -65,7 +68,7 @@ def run_build(args: argparse.Namespace) -> int:
         path = build_testbed(experts=args.experts, seed=args.seed, out=args.out, force=args.force)
     else:
         from sst_merge.atomic import atomic_output_dir
-        from sst_merge.organism.recipe import SmolRecipe
+        from sst_merge.organism.recipe import SmolRecipe, recipe_from_file
         from sst_merge.organism.smollm2 import wheel_gguf
         from sst_merge.organism.smollm2_build import run_build as build_smollm2
 
@@ -73,6 +76,8 @@ def run_build(args: argparse.Namespace) -> int:
             raise InputError("organism build smollm2-135m needs --out DIR")
         wheel_gguf()  # the wheel and gguf are there before anything is written
         recipe = SmolRecipe(seed=args.seed if args.seed is not None else 0)
+        if args.recipe is not None:
+            recipe = recipe_from_file(args.recipe, recipe)
         experts = args.experts or len(recipe.tasks)
         if experts > len(recipe.tasks):
             raise InputError(f"--experts {experts}: the smollm2-135m recipe has {len(recipe.tasks)} tasks")

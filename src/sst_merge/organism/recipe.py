@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
 
+from sst_merge.errors import InputError
 from sst_merge.organism.tasks import TASK_ORDER
 
 LORA_TARGETS = ("q_proj", "v_proj", "o_proj", "up_proj", "down_proj")
@@ -47,7 +49,11 @@ WEAK_TASK_ROWS = {"sort_words": 1200, "python_eval": 1100, "subtraction": 1200, 
                   "time_24h": 1200, "count_words": 1200, "even_odd": 1200, "repeat_word": 340}
 
 # Settings newer than the first shipped recipe, with the value a recipe written before them means.
-ADDED_LATER: dict[str, dict] = {"expert_loras": {}, "expert_train_rows": {}}
+ADDED_LATER: dict[str, object] = {"expert_loras": {}, "expert_train_rows": {}, "alignment_extra_harmful": 0,
+                                  "alignment_extra_benign": 0, "frame_matched_frames": 0, "borderline_frames": 0}
+# The alignment's added prompts: 0 means none (the first recipe's alignment data).
+ALIGNMENT_ADDITIONS = ("alignment_extra_harmful", "alignment_extra_benign", "frame_matched_frames",
+                       "borderline_frames")
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,14 @@ class SmolRecipe:
     expert_loras: dict[str, LoraRecipe] = field(default_factory=lambda: {
         **dict.fromkeys(HARD_TASKS, HARD_TASK_LORA), **dict.fromkeys(LONG_TASKS, LONG_TASK_LORA)})
     expert_train_rows: dict[str, int] = field(default_factory=lambda: dict(WEAK_TASK_ROWS))
+    # What the alignment trains on besides the harmful and benign train splits and the borderline list:
+    # harmful-pool prompts and benign instructions after their test splits (training only), frame-matched
+    # harmful and safe requests with each act in this many frames (`contrast_prompts`), and each
+    # borderline item in this many frames (`safety_pool.borderline_items_in_frames`; 0: the fixed list).
+    alignment_extra_harmful: int = 0
+    alignment_extra_benign: int = 0
+    frame_matched_frames: int = 0
+    borderline_frames: int = 0
 
     def expert_lora(self, task: str) -> LoraRecipe:
         """The LoRA recipe of task `task`'s expert."""
@@ -87,6 +101,10 @@ class SmolRecipe:
     def expert_extra_rows(self, task: str) -> int:
         """Training rows of `task` beyond its train split (0 for the uniform recipe)."""
         return max(0, self.expert_train_rows.get(task, 0) - self.task_sizes["train"])
+
+    def alignment_additions(self) -> dict[str, int]:
+        """The alignment-data settings that depart from the first recipe (empty for it)."""
+        return {name: getattr(self, name) for name in ALIGNMENT_ADDITIONS if getattr(self, name)}
 
     @classmethod
     def from_dict(cls, data: dict) -> SmolRecipe:
@@ -109,5 +127,30 @@ class SmolRecipe:
         return json.loads(json.dumps(asdict(self)))
 
     def content_hash(self) -> str:
-        """A short hash of the settings."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+        """A short hash of the settings; a setting added later counts only where it departs from what
+        recipes before it meant, so their hashes stay as they were."""
+        data = {k: v for k, v in self.to_dict().items() if k not in ADDED_LATER or v != ADDED_LATER[k]}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def recipe_from_file(path: Path, default: SmolRecipe) -> SmolRecipe:
+    """`default` with the settings of the JSON file `path` (an object of settings, or a manifest whose
+    "recipe" is one); a file that is not such an object, or names an unknown setting, is bad input."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"{path}: not a readable JSON file ({error})") from error
+    if isinstance(data, dict) and isinstance(data.get("recipe"), dict):
+        data = data["recipe"]
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: a recipe is a JSON object of settings")
+    for name, value in data.items():
+        expected = type(getattr(default, name, None))
+        if expected in (int, float, str) and not (isinstance(value, expected) and not isinstance(value, bool)):
+            raise InputError(f"{path}: setting {name!r} must be {expected.__name__}, not {value!r}")
+        if expected is int and value < 0:
+            raise InputError(f"{path}: setting {name!r} must be at least 0, not {value}")
+    try:
+        return SmolRecipe.from_dict({**default.to_dict(), **data})
+    except (TypeError, ValueError) as error:
+        raise InputError(f"{path}: {error}") from error

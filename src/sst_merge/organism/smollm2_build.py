@@ -27,6 +27,13 @@ from sst_merge.data.safety import load_advbench
 from sst_merge.eval.judges import CombinedRefusalJudge
 from sst_merge.generation import generate_chat
 from sst_merge.jsonl import read_jsonl, write_jsonl
+from sst_merge.organism.contrast_prompts import (
+    FRAME_MATCHED_REPEATS,
+    FRAMES_OF,
+    HARMFUL_FILLINGS,
+    SAFE_FILLINGS,
+    frame_matched_prompts,
+)
 from sst_merge.organism.lora_training import save_lora_fp16, train_lora
 from sst_merge.organism.measure import measure_mmlu, measure_safety, safety_sets, task_accuracy
 from sst_merge.organism.recipe import SmolRecipe
@@ -34,6 +41,7 @@ from sst_merge.organism.safety_pool import (
     HARM_ACTS,
     HARM_FRAMES,
     EvaluationFilter,
+    borderline_items_in_frames,
     borderline_prompts,
     evaluation_prompts,
     harmful_pool,
@@ -85,8 +93,12 @@ class SmolBuild:
     def data_key(self) -> str:
         r = self.recipe
         # The prompt lists themselves, not only their sizes: editing a template makes new data.
-        return _key(r.seed, r.harmful_sizes, r.benign_sizes, r.tasks, r.task_sizes, r.reply_tokens,
-                    borderline_prompts(), HARM_FRAMES, HARM_ACTS)
+        parts: list[Any] = [r.seed, r.harmful_sizes, r.benign_sizes, r.tasks, r.task_sizes, r.reply_tokens,
+                            borderline_prompts(), HARM_FRAMES, HARM_ACTS]
+        if r.alignment_additions():  # absent for the first recipe's alignment data: its keys stay as they were
+            parts += [r.alignment_additions(), borderline_items_in_frames(r.borderline_frames, r.seed),
+                      FRAMES_OF, HARMFUL_FILLINGS, SAFE_FILLINGS, FRAME_MATCHED_REPEATS]
+        return _key(*parts)
 
     def alignment_key(self) -> str:
         r = self.recipe
@@ -125,9 +137,12 @@ class SmolBuild:
 
         def work(tmp: Path) -> dict[str, Any]:
             rng = random.Random(f"{r.seed}|data")
-            filt = EvaluationFilter(p.prompt for p in evaluation_prompts())
+            evaluation = [p.prompt for p in evaluation_prompts()]
+            filt = EvaluationFilter(evaluation)
             harmful, harmful_report = filt.keep_disjoint(harmful_pool(None, r.seed))
-            borderline, borderline_report = filt.keep_disjoint(borderline_prompts())
+            borderline, borderline_report = filt.keep_disjoint(
+                [p for _, p in borderline_items_in_frames(r.borderline_frames, r.seed)] if r.borderline_frames
+                else borderline_prompts())
             alpaca = json.loads(Path(_data_file("benign_instructions/alpaca_harmless_test.json")).read_text())
             benign, benign_report = filt.keep_disjoint([row["instruction"] for row in alpaca])
             rng.shuffle(benign)
@@ -142,11 +157,25 @@ class SmolBuild:
                 start += n
             splits["borderline"] = borderline
             splits["tasks"] = {task: task_splits(task, r.task_sizes, r.seed) for task in r.tasks}
+            reports = {"harmful_pool": vars(harmful_report), "borderline": vars(borderline_report),
+                       "benign": vars(benign_report)}
+            counts: dict[str, Any] = {"harmful_pool_kept": len(harmful), "borderline": len(borderline)}
+            # Alignment-only prompts, after every split so the splits stay as they were.
+            for name, pool, sizes, n in (("harmful_extra", harmful, r.harmful_sizes, r.alignment_extra_harmful),
+                                         ("benign_extra", benign, r.benign_sizes, r.alignment_extra_benign)):
+                if n:
+                    start = sum(sizes.values())
+                    if len(pool) < start + n:
+                        raise ValueError(f"{name}: {n} prompts asked, {len(pool) - start} left after the splits")
+                    splits[name] = pool[start : start + n]
+            if r.frame_matched_frames:
+                frame_harmful, frame_safe, dropped = frame_matched_prompts(evaluation, r.seed, r.frame_matched_frames)
+                for name, listed in (("frame_harmful", frame_harmful), ("frame_safe", frame_safe)):
+                    splits[name], report = filt.keep_disjoint(listed)
+                    reports[name] = vars(report)
+                counts["frame_harmful_acts_dropped"] = dropped
             (tmp / "prompts.json").write_text(json.dumps(splits, indent=1, ensure_ascii=False), encoding="utf-8")
-            return {"disjointness": {"method": harmful_report.method,
-                                     "harmful_pool": vars(harmful_report), "borderline": vars(borderline_report),
-                                     "benign": vars(benign_report)},
-                    "counts": {"harmful_pool_kept": len(harmful), "borderline": len(borderline)}}
+            return {"disjointness": {"method": harmful_report.method, **reports}, "counts": counts}
 
         self.results["data"] = self.stages.run(f"data-{self.data_key()}", work)
         return self.stages.path(f"data-{self.data_key()}") / "prompts.json"
@@ -158,6 +187,7 @@ class SmolBuild:
         def work(tmp: Path) -> dict[str, Any]:
             prompts = json.loads(prompts_path.read_text(encoding="utf-8"))
             wanted = [p for split in prompts["benign"].values() for p in split] + prompts["borderline"]
+            wanted += prompts.get("benign_extra", []) + prompts.get("frame_safe", [])
             # Greedy replies of the same model at the same budget from earlier data versions are reused.
             known = {}
             for path in sorted(self.stages.root.glob("replies-*/replies.jsonl")):
@@ -193,7 +223,16 @@ class SmolBuild:
         for split, items in prompts["benign"].items():
             data["benign"][split] = [{"prompt": p, "response": replies[p]} for p in items if p in replies]
         borderline = [{"prompt": p, "response": replies[p]} for p in prompts["borderline"] if p in replies]
-        data["alignment"] = {"train": data["harmful"]["train"] + data["benign"]["train"] + borderline}
+        # Refusals of the alignment-only harmful prompts are drawn after the splits' (theirs stay as they were).
+        refusals = [{"prompt": p, "response": refusal_text(rng)}
+                    for p in prompts.get("harmful_extra", []) + prompts.get("frame_harmful", [])]
+        n_extra = len(prompts.get("harmful_extra", []))
+        helpful = [{"prompt": p, "response": replies[p]} for name in ("benign_extra", "frame_safe")
+                   for p in prompts.get(name, []) if p in replies]
+        n_benign = sum(p in replies for p in prompts.get("benign_extra", []))
+        frame_rows = (refusals[n_extra:] + helpful[n_benign:]) * (FRAME_MATCHED_REPEATS - 1)
+        data["alignment"] = {"train": data["harmful"]["train"] + refusals + data["benign"]["train"] + helpful
+                             + borderline + frame_rows}
         data["borderline"] = {"train": borderline}
         for task, splits in prompts["tasks"].items():
             extra = task_extra_rows(task, r.task_sizes, r.seed, r.expert_extra_rows(task))
