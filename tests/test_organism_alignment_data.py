@@ -123,3 +123,17 @@ def test_recipe_from_file_takes_departures_or_a_manifest_and_rejects_bad_input(t
         with pytest.raises(InputError, match=problem) as error:
             recipe_from_file(settings, today)
         assert str(settings) in str(error.value)
+
+
+def test_build_with_a_bad_recipe_file_is_exit_2_naming_it_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    from sst_merge.cli import main
+    from sst_merge.organism import smollm2
+
+    monkeypatch.setattr(smollm2, "wheel_gguf", lambda: tmp_path / "unused.gguf")
+    settings, out = tmp_path / "recipe.json", tmp_path / "out"
+    settings.write_text('{"frame_matched_frames": "many"}')
+    assert main(["organism", "build", "smollm2-135m", "--out", str(out), "--recipe", str(settings),
+                 "--work", str(tmp_path / "work")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(settings) in err[0] and "frame_matched_frames" in err[0]
+    assert not out.exists() and not (tmp_path / "work").exists()
