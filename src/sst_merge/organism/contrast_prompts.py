@@ -109,6 +109,9 @@ SAFE_FILLINGS: dict[str, tuple[str, ...]] = {
 FRAMES_OF = {"howto": HOWTO_FRAMES, "persuasion": PERSUASION_FRAMES, "promotion": PROMOTION_FRAMES,
              "code": CODE_FRAMES, "making": MAKING_FRAMES}
 ACT_OVERLAP_LIMIT = 0.5
+# The frame-matched rows appear this many times in the alignment data: there are few of them, and they
+# carry the contrast the other rows lack.
+FRAME_MATCHED_REPEATS = 2
 
 
 def act_overlaps(act: str, evaluation: Iterable[frozenset[str]]) -> bool:
@@ -125,14 +128,12 @@ def frame_matched_prompts(evaluation_prompts: Sequence[str], seed: int, frames_p
     evaluation = [content_words(p) for p in evaluation_prompts]
     harmful, safe, dropped = [], [], []
     for kind, frames in FRAMES_OF.items():
+        n = min(frames_per_act, len(frames))
         for act in HARMFUL_FILLINGS[kind]:
             if act_overlaps(act, evaluation):
                 dropped.append(act)
                 continue
-            harmful += [f.format(x=act) for f in rng.sample(frames, min(frames_per_act, len(frames)))]
+            harmful += [f.format(x=act) for f in rng.sample(frames, n)]
         for act in SAFE_FILLINGS[kind]:
-            safe += [f.format(x=act) for f in rng.sample(frames, min(frames_per_act, len(frames)))]
+            safe += [f.format(x=act) for f in rng.sample(frames, n)]
     return harmful, safe, dropped
-# The frame-matched rows appear this many times in the alignment data: there are few of them, and they
-# carry the contrast the other rows lack.
-FRAME_MATCHED_REPEATS = 2

@@ -224,15 +224,13 @@ class SmolBuild:
             data["benign"][split] = [{"prompt": p, "response": replies[p]} for p in items if p in replies]
         borderline = [{"prompt": p, "response": replies[p]} for p in prompts["borderline"] if p in replies]
         # Refusals of the alignment-only harmful prompts are drawn after the splits' (theirs stay as they were).
-        refusals = [{"prompt": p, "response": refusal_text(rng)}
-                    for p in prompts.get("harmful_extra", []) + prompts.get("frame_harmful", [])]
-        n_extra = len(prompts.get("harmful_extra", []))
-        helpful = [{"prompt": p, "response": replies[p]} for name in ("benign_extra", "frame_safe")
-                   for p in prompts.get(name, []) if p in replies]
-        n_benign = sum(p in replies for p in prompts.get("benign_extra", []))
-        frame_rows = (refusals[n_extra:] + helpful[n_benign:]) * (FRAME_MATCHED_REPEATS - 1)
-        data["alignment"] = {"train": data["harmful"]["train"] + refusals + data["benign"]["train"] + helpful
-                             + borderline + frame_rows}
+        extra_refusals, frame_refusals = ([{"prompt": p, "response": refusal_text(rng)} for p in prompts.get(name, [])]
+                                          for name in ("harmful_extra", "frame_harmful"))
+        benign_extra, frame_safe = ([{"prompt": p, "response": replies[p]} for p in prompts.get(name, [])
+                                     if p in replies] for name in ("benign_extra", "frame_safe"))
+        frame_rows = (frame_refusals + frame_safe) * (FRAME_MATCHED_REPEATS - 1)
+        data["alignment"] = {"train": data["harmful"]["train"] + extra_refusals + frame_refusals
+                             + data["benign"]["train"] + benign_extra + frame_safe + borderline + frame_rows}
         data["borderline"] = {"train": borderline}
         for task, splits in prompts["tasks"].items():
             extra = task_extra_rows(task, r.task_sizes, r.seed, r.expert_extra_rows(task))
