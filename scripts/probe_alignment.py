@@ -38,6 +38,8 @@ def main() -> None:
     parser.add_argument("--tag", default="p2")
     parser.add_argument("--extra-harmful", type=int, default=600)
     parser.add_argument("--extra-benign", type=int, default=360)
+    parser.add_argument("--opening-weight", type=float, default=1.0,
+                        help="loss weight of each reply's opening tokens (see reply_loss)")
     parser.add_argument("--shipped", action="store_true", help="also measure today's base")
     parser.add_argument("--work", type=Path, default=Path(".cache/organism/smollm2-135m"))
     parser.add_argument("--out", type=Path, default=Path(".cache/align_probe"))
@@ -114,7 +116,8 @@ def main() -> None:
         model, tok = _load(original)
         start = time.time()
         lora = LoraRecipe(rank=8, alpha=16, lr=4e-4, steps=args.steps)
-        peft_model, losses = train_lora(model, tok, rows, lora, recipe.targets, recipe.seed, "alignment")
+        peft_model, losses = train_lora(model, tok, rows, lora, recipe.targets, recipe.seed, "alignment",
+                                        opening_weight=args.opening_weight)
         save_lora_fp16(peft_model, cand / "alignment", "../original")
         merge_lora_into(original, cand / "alignment", cand / "base")
         print("trained", round(time.time() - start), "s loss", losses[0], losses[-1], flush=True)

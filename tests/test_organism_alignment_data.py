@@ -77,6 +77,24 @@ def test_the_first_recipe_keeps_its_keys_and_hash_and_additions_change_the_align
     assert plain.adapter_key("addition") != changed.adapter_key("addition")  # experts sit on the new base
 
 
+def test_an_opening_weight_changes_the_alignment_not_the_data_and_a_file_may_write_it_as_an_int(tmp_path):
+    first = SmolRecipe()
+    assert first.alignment_opening_weight == 1.0
+    settings = tmp_path / "recipe.json"
+    settings.write_text('{"alignment_opening_weight": 10}')
+    weighted = recipe_from_file(settings, first)
+    assert weighted.alignment_opening_weight == 10.0 and isinstance(weighted.alignment_opening_weight, float)
+    assert weighted.content_hash() != first.content_hash()
+    assert SmolRecipe.from_dict(json.loads(json.dumps(weighted.to_dict()))).content_hash() == weighted.content_hash()
+    plain, changed = SmolBuild(first, Path("w")), SmolBuild(weighted, Path("w"))
+    assert plain.data_key() == changed.data_key() and plain.alignment_key() != changed.alignment_key()
+    for text, problem in (('{"alignment_opening_weight": -2}', "at least 0"),
+                          ('{"alignment_opening_weight": "10"}', "must be float")):
+        settings.write_text(text)
+        with pytest.raises(InputError, match=problem):
+            recipe_from_file(settings, first)
+
+
 def test_added_prompts_leave_every_split_as_it_was_and_never_meet_the_evaluation_sets(tmp_path, evaluation):
     first = SmolBuild(SmolRecipe(), tmp_path / "a")
     added = SmolBuild(SmolRecipe.from_dict({**SmolRecipe().to_dict(), **ADDED}), tmp_path / "b")

@@ -21,15 +21,18 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 def train_lora(base: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: list[dict[str, str]],
-               recipe: LoraRecipe, targets: tuple[str, ...], seed: int, name: str) -> tuple[PeftModel, list[float]]:
-    """A LoRA on `base` (modified in place: wrap a fresh copy) trained on `rows` with loss on the reply;
-    its weights are rounded to float16 afterwards, so the model in memory is the one that ships."""
+               recipe: LoraRecipe, targets: tuple[str, ...], seed: int, name: str,
+               opening_weight: float = 1.0) -> tuple[PeftModel, list[float]]:
+    """A LoRA on `base` (modified in place: wrap a fresh copy) trained on `rows` with loss on the reply
+    (each reply's opening tokens weighted `opening_weight`, see `reply_loss`); its weights are rounded to
+    float16 afterwards, so the model in memory is the one that ships."""
     config = LoraConfig(r=recipe.rank, lora_alpha=recipe.alpha, target_modules=list(targets), lora_dropout=0.0,
                         task_type="CAUSAL_LM")
     torch.manual_seed(seed_of(seed, name, "init"))
     model = get_peft_model(base, config)
     losses = train_lm(model, encode_chat(tokenizer, rows), tokenizer.pad_token_id, recipe.steps,
-                      recipe.batch_size, recipe.lr, seed_of(seed, name, "batches"), f"training {name}")
+                      recipe.batch_size, recipe.lr, seed_of(seed, name, "batches"), f"training {name}",
+                      opening_weight=opening_weight)
     with torch.no_grad():
         for param_name, param in model.named_parameters():
             if "lora_" in param_name:

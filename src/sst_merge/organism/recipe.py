@@ -50,7 +50,8 @@ WEAK_TASK_ROWS = {"sort_words": 1200, "python_eval": 1100, "subtraction": 1200, 
 
 # Settings newer than the first shipped recipe, with the value a recipe written before them means.
 ADDED_LATER: dict[str, object] = {"expert_loras": {}, "expert_train_rows": {}, "alignment_extra_harmful": 0,
-                                  "alignment_extra_benign": 0, "frame_matched_frames": 0, "borderline_frames": 0}
+                                  "alignment_extra_benign": 0, "frame_matched_frames": 0, "borderline_frames": 0,
+                                  "alignment_opening_weight": 1.0}
 # The alignment's added prompts: 0 means none (the first recipe's alignment data).
 ALIGNMENT_ADDITIONS = ("alignment_extra_harmful", "alignment_extra_benign", "frame_matched_frames",
                        "borderline_frames")
@@ -93,6 +94,9 @@ class SmolRecipe:
     alignment_extra_benign: int = 0
     frame_matched_frames: int = 0
     borderline_frames: int = 0
+    # The alignment loss's weight on each reply's first tokens (`testbed.train.reply_loss`; 1: a plain
+    # mean): where the model decides between refusing and answering.
+    alignment_opening_weight: float = 1.0
 
     def expert_lora(self, task: str) -> LoraRecipe:
         """The LoRA recipe of task `task`'s expert."""
@@ -120,6 +124,7 @@ class SmolRecipe:
         values["expert_loras"] = {t: LoraRecipe(**v) for t, v in values["expert_loras"].items()}
         for name in ("targets", "tasks"):
             values[name] = tuple(values[name])
+        values["alignment_opening_weight"] = float(values["alignment_opening_weight"])  # one hash for 10 and 10.0
         return cls(**values)
 
     def to_dict(self) -> dict:
@@ -146,9 +151,10 @@ def recipe_from_file(path: Path, default: SmolRecipe) -> SmolRecipe:
         raise InputError(f"{path}: a recipe is a JSON object of settings")
     for name, value in data.items():
         expected = type(getattr(default, name, None))
-        if expected in (int, float, str) and not (isinstance(value, expected) and not isinstance(value, bool)):
+        accepted = (int, float) if expected is float else expected  # JSON writes 10.0 as 10
+        if expected in (int, float, str) and not (isinstance(value, accepted) and not isinstance(value, bool)):
             raise InputError(f"{path}: setting {name!r} must be {expected.__name__}, not {value!r}")
-        if expected is int and value < 0:
+        if expected in (int, float) and value < 0:
             raise InputError(f"{path}: setting {name!r} must be at least 0, not {value}")
     try:
         return SmolRecipe.from_dict({**default.to_dict(), **data})

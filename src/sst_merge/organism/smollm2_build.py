@@ -102,7 +102,10 @@ class SmolBuild:
 
     def alignment_key(self) -> str:
         r = self.recipe
-        return _key(self.data_key(), r.alignment, r.targets)
+        parts: list[Any] = [self.data_key(), r.alignment, r.targets]
+        if r.alignment_opening_weight != 1.0:  # absent for a plain mean: the first recipe's key stays as it was
+            parts.append(r.alignment_opening_weight)
+        return _key(*parts)
 
     def adapter_key(self, name: str) -> str:
         r = self.recipe
@@ -244,7 +247,7 @@ class SmolBuild:
             model, tokenizer = _load(original)
             torch.set_num_threads(max(1, torch.get_num_threads()))
             peft_model, losses = train_lora(model, tokenizer, rows, self.recipe.alignment, self.recipe.targets,
-                                            self.recipe.seed, "alignment")
+                                            self.recipe.seed, "alignment", self.recipe.alignment_opening_weight)
             save_lora_fp16(peft_model, tmp / "alignment", ALIGNMENT_BASE_NAME)
             merge_lora_into(original, tmp / "alignment", tmp / "base")
             return {"loss": loss_summary(losses), "rows": len(rows), "steps": self.recipe.alignment.steps}
