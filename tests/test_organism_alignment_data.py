@@ -125,6 +125,14 @@ def test_added_prompts_leave_every_split_as_it_was_and_never_meet_the_evaluation
         set(after["harmful"]["val"] + after["harmful"]["test"] + after["benign"]["val"] + after["benign"]["test"]))
 
 
+def test_more_added_prompts_than_the_pool_holds_is_bad_input_naming_the_setting(tmp_path):
+    recipe = SmolRecipe.from_dict({**SmolRecipe().to_dict(), "alignment_extra_benign": 10**6})
+    build = SmolBuild(recipe, tmp_path / "work")
+    with pytest.raises(InputError, match="alignment_extra_benign: 1000000 prompts asked, only"):
+        build.data()
+    assert not build.stages.path(f"data-{build.data_key()}").exists()
+
+
 def test_recipe_from_file_takes_departures_or_a_manifest_and_rejects_bad_input(tmp_path):
     today = SmolRecipe()
     settings = tmp_path / "recipe.json"

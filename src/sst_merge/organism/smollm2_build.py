@@ -24,6 +24,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from sst_merge.atomic import write_json_atomic
 from sst_merge.data.safety import load_advbench
+from sst_merge.errors import InputError
 from sst_merge.eval.judges import CombinedRefusalJudge
 from sst_merge.generation import generate_chat
 from sst_merge.jsonl import read_jsonl, write_jsonl
@@ -164,12 +165,14 @@ class SmolBuild:
                        "benign": vars(benign_report)}
             counts: dict[str, Any] = {"harmful_pool_kept": len(harmful), "borderline": len(borderline)}
             # Alignment-only prompts, after every split so the splits stay as they were.
-            for name, pool, sizes, n in (("harmful_extra", harmful, r.harmful_sizes, r.alignment_extra_harmful),
-                                         ("benign_extra", benign, r.benign_sizes, r.alignment_extra_benign)):
+            for name, setting, pool, sizes in (("harmful_extra", "alignment_extra_harmful", harmful, r.harmful_sizes),
+                                               ("benign_extra", "alignment_extra_benign", benign, r.benign_sizes)):
+                n = getattr(r, setting)
                 if n:
                     start = sum(sizes.values())
-                    if len(pool) < start + n:
-                        raise ValueError(f"{name}: {n} prompts asked, {len(pool) - start} left after the splits")
+                    if len(pool) < start + n:  # a recipe asking for more than the pool holds: bad input
+                        raise InputError(f"recipe setting {setting}: {n} prompts asked, only {len(pool) - start} "
+                                         "left after the splits")
                     splits[name] = pool[start : start + n]
             if r.frame_matched_frames:
                 frame_harmful, frame_safe, dropped = frame_matched_prompts(evaluation, r.seed, r.frame_matched_frames)
