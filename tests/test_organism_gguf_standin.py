@@ -14,7 +14,7 @@ from factories import make_random_adapter
 from gguf_fixture import CHAT_TEMPLATE, HEADS, write_tiny_llama_gguf
 from sst_merge.cli import main
 from sst_merge.organism import smollm2
-from sst_merge.organism.shipped import MANIFEST, SHIPPED_DIRS, prepare, shipped_files
+from sst_merge.organism.shipped import MANIFEST, SHIPPED_DIRS, export_shipped, prepare, shipped_files
 from sst_merge.testbed import load_testbed
 
 TASK = "addition"
@@ -127,6 +127,31 @@ def test_prepare_lays_out_original_and_base_from_the_gguf(tiny_gguf, source, tmp
     from transformers import AutoTokenizer
 
     assert AutoTokenizer.from_pretrained(organism.base_dir).chat_template == CHAT_TEMPLATE
+
+
+def test_shipped_data_is_packed_with_stable_bytes_and_prepare_unpacks_it(tiny_gguf, source, tmp_path, monkeypatch,
+                                                                          capsys):
+    monkeypatch.setattr(smollm2, "wheel_gguf", lambda: tiny_gguf[0])
+    first, second = tmp_path / "a", tmp_path / "b"
+    export_shipped(source, first)
+    export_shipped(source, second)
+    manifest = json.loads((first / MANIFEST).read_text())
+    assert manifest["files"] == shipped_files(first) == shipped_files(second)  # same rows, same bytes
+    data = sorted(p for p in manifest["files"] if p.startswith("data/"))
+    assert data and all(p.endswith(".jsonl.gz") for p in data)
+
+    out = tmp_path / "prepared"
+    prepare("smollm2-135m", out, source=first)
+    plain = sorted((source / "data").rglob("*"))
+    assert sorted(p.relative_to(out) for p in (out / "data").rglob("*")) == [p.relative_to(source) for p in plain]
+    for path in plain:
+        assert path.is_dir() or (out / path.relative_to(source)).read_bytes() == path.read_bytes()
+    assert json.loads((out / MANIFEST).read_text())["files"] == shipped_files(out)
+
+    packed = first / "data" / TASK / "train.jsonl.gz"
+    packed.write_bytes(packed.read_bytes()[:-8])  # truncated
+    assert main(["organism", "prepare", "smollm2-135m", "--source", str(first), "--out", str(tmp_path / "c")]) == 2
+    assert str(packed) in capsys.readouterr().err and not (tmp_path / "c").exists()
 
 
 def test_truncated_gguf_is_exit_2_naming_it_and_leaves_nothing(tiny_gguf, source, tmp_path, monkeypatch, capsys):

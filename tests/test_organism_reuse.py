@@ -18,7 +18,7 @@ from sst_merge.errors import InputError
 from sst_merge.organism import smollm2
 from sst_merge.organism.recipe import LoraRecipe, SmolRecipe
 from sst_merge.organism.reuse import adopt_stages, reusable_manifest
-from sst_merge.organism.shipped import MANIFEST, shipped_files
+from sst_merge.organism.shipped import MANIFEST, export_shipped, shipped_files
 from sst_merge.organism.smollm2_build import SmolBuild
 from sst_merge.organism.stage_cache import RESULT
 from sst_merge.organism.tasks import task_extra_rows, task_splits
@@ -92,6 +92,17 @@ def test_unchanged_stages_are_taken_and_a_changed_expert_is_left_to_train(organi
 
     # cached now: nothing is taken twice
     assert adopt_stages(build, organism, reusable_manifest(organism), original) == []
+
+
+def test_an_organism_as_shipped_with_packed_data_counts_the_same_rows(organism, original, tmp_path):
+    shipped = tmp_path / "shipped"
+    export_shipped(organism, shipped)
+    assert not list((shipped / "data").rglob("*.jsonl")) and list((shipped / "data").rglob("*.jsonl.gz"))
+    build = SmolBuild(_recipe(), tmp_path / "work")
+    assert adopt_stages(build, shipped, reusable_manifest(shipped), original)
+    assert build.stages.result(build.adapter_stage("addition"))["rows"] == 5
+    assert build.stages.result(build.adapter_stage("safety"))["rows"] == 6
+    assert build.stages.result(f"alignment-{build.alignment_key()}")["rows"] == 6
 
 
 def test_a_changed_alignment_takes_nothing(organism, original, tmp_path):

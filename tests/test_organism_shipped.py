@@ -63,6 +63,24 @@ def test_verify_shipped_names_a_corrupt_or_missing_artifact(tmp_path):
         verify_shipped(root, {"files": {"../x": "0"}})
 
 
+def test_packed_data_reads_as_its_rows_and_a_corrupt_pack_is_input_error(tmp_path):
+    from sst_merge.jsonl import read_jsonl
+    from sst_merge.organism.shipped import data_file, pack_data
+
+    root = tmp_path / "org"
+    (root / "data" / "harmful").mkdir(parents=True)
+    rows = [{"prompt": "p\u00e9", "response": "r"}, {"prompt": "q", "response": "s"}]
+    (root / "data" / "harmful" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert data_file(root, "harmful", "train").name == "train.jsonl"
+    pack_data(root)
+    packed = data_file(root, "harmful", "train")
+    assert packed.name == "train.jsonl.gz" and read_jsonl(packed) == rows
+    packed.write_bytes(packed.read_bytes()[:20])
+    with pytest.raises(InputError, match="cannot read") as error:
+        read_jsonl(packed)
+    assert str(packed) in str(error.value)
+
+
 def test_missing_wheel_or_gguf_names_the_package(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == smollm2.WHEEL_PACKAGE else real(name))
@@ -101,7 +119,7 @@ def test_the_shipped_organism_is_what_todays_recipe_builds():
     rebuilding (or a shipped expert that is not the recipe's) fails here, not in someone's experiment."""
     from sst_merge.jsonl import read_jsonl
     from sst_merge.organism.recipe import SmolRecipe
-    from sst_merge.organism.shipped import shipped_dir
+    from sst_merge.organism.shipped import data_file, shipped_dir
     from sst_merge.organism.smollm2_build import SmolBuild
 
     root = shipped_dir("smollm2-135m")
@@ -115,5 +133,5 @@ def test_the_shipped_organism_is_what_todays_recipe_builds():
         assert keys[f"adapters.{task}"] == build.adapter_key(task), task
         config = json.loads((root / "experts" / task / "adapter_config.json").read_text())
         assert config["r"] == recipe.expert_lora(task).rank, task
-        train = read_jsonl(root / "data" / task / "train.jsonl")
+        train = read_jsonl(data_file(root, task, "train"))
         assert len(train) == recipe.task_sizes["train"] + recipe.expert_extra_rows(task), task

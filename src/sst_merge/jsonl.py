@@ -3,7 +3,9 @@ line, writing is atomic."""
 
 from __future__ import annotations
 
+import gzip
 import json
+import zlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,15 +38,16 @@ def read_record(path: Path) -> dict[str, Any] | None:
 
 
 def read_jsonl(path: str | Path, required: Sequence[str] = ()) -> list[dict[str, Any]]:
-    """The JSON objects of the JSON-lines file `path`; each must have a string value for every key in
-    `required`. A missing or unreadable file, a line that is not a JSON object, or a missing key is an
-    InputError naming the file and the line."""
+    """The JSON objects of the JSON-lines file `path` (gzip-packed when it ends in .gz); each must have a
+    string value for every key in `required`. A missing or unreadable file, a line that is not a JSON
+    object, or a missing key is an InputError naming the file and the line."""
     path = Path(path)
     if not path.is_file():
         raise InputError("file not found", path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
+        data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        lines = data.decode("utf-8").splitlines()
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read ({exc})", path) from exc
     rows = []
     for number, line in enumerate(lines, 1):

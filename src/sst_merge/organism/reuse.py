@@ -22,7 +22,7 @@ from typing import Any
 from sst_merge.errors import InputError
 from sst_merge.jsonl import read_jsonl
 from sst_merge.organism.recipe import SmolRecipe
-from sst_merge.organism.shipped import read_manifest, verify_shipped
+from sst_merge.organism.shipped import data_file, read_manifest, verify_shipped
 from sst_merge.organism.smollm2 import merge_lora_into
 from sst_merge.organism.smollm2_build import SAFETY_PARTS, SmolBuild
 
@@ -67,7 +67,7 @@ def adopt_stages(build: SmolBuild, organism: Path, manifest: dict[str, Any], ori
         shutil.copytree(organism / "alignment", tmp / "alignment")
         merge_lora_into(original, tmp / "alignment", tmp / "base")
 
-    rows = len(read_jsonl(organism / "data" / "alignment" / "train.jsonl"))
+    rows = len(read_jsonl(data_file(organism, "alignment", "train")))
     if build.stages.adopt(name, write_alignment, {"loss": manifest["train_loss"]["alignment"], "rows": rows,
                                                   "steps": build.recipe.alignment.steps,
                                                   "seconds": times["alignment"], "taken_from": str(organism)}):
@@ -103,5 +103,5 @@ def adopt_stages(build: SmolBuild, organism: Path, manifest: dict[str, Any], ori
 def _rows(organism: Path, name: str, metrics: dict[str, Any]) -> int:
     """The training rows of adapter `name` as the build counted them."""
     if name == "safety":
-        return sum(len(read_jsonl(organism / "data" / part / "train.jsonl")) for part in SAFETY_PARTS)
-    return len(read_jsonl(organism / "data" / name / "train.jsonl")) + metrics.get("harmful_compliance_rows", 0)
+        return sum(len(read_jsonl(data_file(organism, part, "train"))) for part in SAFETY_PARTS)
+    return len(read_jsonl(data_file(organism, name, "train"))) + metrics.get("harmful_compliance_rows", 0)
