@@ -17,7 +17,7 @@ from sst_merge.organism.contrast_prompts import (
     act_overlaps,
     frame_matched_prompts,
 )
-from sst_merge.organism.recipe import SmolRecipe, recipe_from_file
+from sst_merge.organism.recipe import ADDED_LATER, ALIGNMENT_ADDITIONS, SmolRecipe, recipe_from_file
 from sst_merge.organism.safety_pool import (
     BORDERLINE_KINDS,
     EvaluationFilter,
@@ -28,6 +28,17 @@ from sst_merge.organism.safety_pool import (
 from sst_merge.organism.smollm2_build import SmolBuild
 
 ADDED = {"alignment_extra_harmful": 50, "alignment_extra_benign": 40, "frame_matched_frames": 2, "borderline_frames": 2}
+FIRST_RECIPE_HASH = "ce59ae48c45c"  # the organism shipped with the first alignment recipe
+
+
+ALIGNMENT_SETTINGS = (*ALIGNMENT_ADDITIONS, "alignment_opening_weight")  # added after the first recipe
+
+
+def _first() -> SmolRecipe:
+    """Today's recipe with the first recipe's alignment (its data, 300 steps, a plain mean loss)."""
+    first_alignment = {"alignment": {"rank": 8, "alpha": 16, "lr": 4e-4, "steps": 300, "batch_size": 8},
+                       **{name: ADDED_LATER[name] for name in ALIGNMENT_SETTINGS}}
+    return SmolRecipe.from_dict({**SmolRecipe().to_dict(), **first_alignment})
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +77,11 @@ def test_borderline_items_come_in_as_many_frames_as_asked():
 
 
 def test_the_first_recipe_keeps_its_keys_and_hash_and_additions_change_the_alignment():
-    first = SmolRecipe()
+    first = _first()
+    assert first.content_hash() == FIRST_RECIPE_HASH
     added = SmolRecipe.from_dict({**first.to_dict(), **ADDED})
     assert first.alignment_additions() == {} and added.alignment_additions() == ADDED
-    old_manifest = {k: v for k, v in first.to_dict().items() if k not in ADDED}  # written before the settings
+    old_manifest = {k: v for k, v in first.to_dict().items() if k not in ALIGNMENT_SETTINGS}  # written before them
     assert SmolRecipe.from_dict(old_manifest) == first
     assert added.content_hash() != first.content_hash()
     plain, changed = SmolBuild(first, Path("w")), SmolBuild(added, Path("w"))
@@ -78,7 +90,7 @@ def test_the_first_recipe_keeps_its_keys_and_hash_and_additions_change_the_align
 
 
 def test_an_opening_weight_changes_the_alignment_not_the_data_and_a_file_may_write_it_as_an_int(tmp_path):
-    first = SmolRecipe()
+    first = _first()
     assert first.alignment_opening_weight == 1.0
     settings = tmp_path / "recipe.json"
     settings.write_text('{"alignment_opening_weight": 10}')
@@ -96,8 +108,8 @@ def test_an_opening_weight_changes_the_alignment_not_the_data_and_a_file_may_wri
 
 
 def test_added_prompts_leave_every_split_as_it_was_and_never_meet_the_evaluation_sets(tmp_path, evaluation):
-    first = SmolBuild(SmolRecipe(), tmp_path / "a")
-    added = SmolBuild(SmolRecipe.from_dict({**SmolRecipe().to_dict(), **ADDED}), tmp_path / "b")
+    first = SmolBuild(_first(), tmp_path / "a")
+    added = SmolBuild(SmolRecipe.from_dict({**_first().to_dict(), **ADDED}), tmp_path / "b")
     before = json.loads(first.data().read_text())
     after = json.loads(added.data().read_text())
     for name in ("harmful", "benign", "tasks"):
