@@ -124,7 +124,9 @@ class SmolRecipe:
         values["expert_loras"] = {t: LoraRecipe(**v) for t, v in values["expert_loras"].items()}
         for name in ("targets", "tasks"):
             values[name] = tuple(values[name])
-        values["alignment_opening_weight"] = float(values["alignment_opening_weight"])  # one hash for 10 and 10.0
+        for f in fields(cls):
+            if f.type == "float":  # JSON may write 10.0 as 10: one setting, one hash
+                values[f.name] = float(values[f.name])
         return cls(**values)
 
     def to_dict(self) -> dict:

@@ -35,7 +35,7 @@ def reply_loss(model: PreTrainedModel, batch: dict[str, torch.Tensor], opening_w
     labels = batch["labels"][:, 1:]
     keep = labels != IGNORE
     logits = causal_lm.lm_head(hidden[:, :-1][keep])
-    if opening_weight == 1.0:
+    if opening_weight == 1.0:  # the plain mean as it always was: builds made before the weight keep their bits
         return torch.nn.functional.cross_entropy(logits.float(), labels[keep])
     weights = opening_weights(keep, opening_weight)
     losses = torch.nn.functional.cross_entropy(logits.float(), labels[keep], reduction="none")
