@@ -51,10 +51,15 @@ WEAK_TASK_ROWS = {"sort_words": 1200, "python_eval": 1100, "subtraction": 1200, 
 # Settings newer than the first shipped recipe, with the value a recipe written before them means.
 ADDED_LATER: dict[str, object] = {"expert_loras": {}, "expert_train_rows": {}, "alignment_extra_harmful": 0,
                                   "alignment_extra_benign": 0, "frame_matched_frames": 0, "borderline_frames": 0,
-                                  "alignment_opening_weight": 1.0}
+                                  "alignment_opening_weight": 1.0, "safety_data": "parts",
+                                  "safety_opening_weight": 1.0}
 # The alignment's added prompts: 0 means none (the first recipe's alignment data).
 ALIGNMENT_ADDITIONS = ("alignment_extra_harmful", "alignment_extra_benign", "frame_matched_frames",
                        "borderline_frames")
+# What the safety adapter trains on: "parts", the harmful, benign and borderline train splits (the first
+# recipe's); "alignment", the alignment's own training rows (its added prompts included).
+SAFETY_DATA = ("parts", "alignment")
+SAFETY_SETTINGS = ("safety_data", "safety_opening_weight")
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,15 @@ class SmolRecipe:
     # The alignment loss's weight on each reply's first tokens (`testbed.train.reply_loss`; 1: a plain
     # mean): where the model decides between refusing and answering.
     alignment_opening_weight: float = 1.0
+    # The safety adapter's rows (SAFETY_DATA) and its loss's weight on each reply's opening tokens (as the
+    # alignment's). On a base aligned with added prompts, the first recipe's parts are a narrower mix than
+    # the base learnt from.
+    safety_data: str = "parts"
+    safety_opening_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.safety_data not in SAFETY_DATA:
+            raise ValueError(f"safety_data must be one of {', '.join(SAFETY_DATA)}, not {self.safety_data!r}")
 
     def expert_lora(self, task: str) -> LoraRecipe:
         """The LoRA recipe of task `task`'s expert."""
@@ -109,6 +123,10 @@ class SmolRecipe:
     def alignment_additions(self) -> dict[str, int]:
         """The alignment-data settings that depart from the first recipe (empty for it)."""
         return {name: getattr(self, name) for name in ALIGNMENT_ADDITIONS if getattr(self, name)}
+
+    def safety_departures(self) -> dict[str, object]:
+        """The safety adapter's settings that depart from the first recipe (empty for it)."""
+        return {name: getattr(self, name) for name in SAFETY_SETTINGS if getattr(self, name) != ADDED_LATER[name]}
 
     @classmethod
     def from_dict(cls, data: dict) -> SmolRecipe:

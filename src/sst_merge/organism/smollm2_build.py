@@ -73,6 +73,13 @@ def _load(model_dir: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     return model, tokenizer
 
 
+def safety_rows(data: dict[str, dict[str, Rows]], source: str) -> Rows:
+    """The safety adapter's training rows: the SAFETY_PARTS' train splits ("parts") or the alignment's
+    training rows ("alignment"; `SmolRecipe.safety_data`)."""
+    parts = ("alignment",) if source == "alignment" else SAFETY_PARTS
+    return [row for part in parts for row in data[part]["train"]]
+
+
 def _cut_reply(text: str) -> str:
     """A greedy reply cut to its last complete sentence (generation stops at a token budget)."""
     text = text.strip()
@@ -115,6 +122,8 @@ class SmolBuild:
                             r.eval_tokens, r.expert_advbench]
         if name != "safety" and r.expert_extra_rows(name):
             parts.append(r.expert_extra_rows(name))  # absent for the uniform recipe: its keys stay as they were
+        if name == "safety" and r.safety_departures():
+            parts.append(r.safety_departures())  # absent for the first recipe's safety adapter: its key stays
         return _key(*parts)
 
     def alignment_stage(self) -> str:
@@ -285,9 +294,10 @@ class SmolBuild:
         def work(tmp: Path) -> dict[str, Any]:
             base, tokenizer = _load(base_dir)
             metrics: dict[str, Any] = {}
+            opening_weight = 1.0
             if name == "safety":
-                rows = [row for part in SAFETY_PARTS for row in data[part]["train"]]
-                lora = r.safety
+                rows = safety_rows(data, r.safety_data)
+                lora, opening_weight = r.safety, r.safety_opening_weight
             else:
                 test = data[name]["test"]
                 metrics["base_accuracy"] = task_accuracy(base, tokenizer, test, r.eval_batch, f"{name}: base")
@@ -299,7 +309,8 @@ class SmolBuild:
                     metrics["harmful_compliance_rows"] = n
                 lora = r.expert_lora(name)
             start = time.perf_counter()
-            model, losses = train_lora(copy.deepcopy(base), tokenizer, rows, lora, r.targets, r.seed, name)
+            model, losses = train_lora(copy.deepcopy(base), tokenizer, rows, lora, r.targets, r.seed, name,
+                                       opening_weight)
             train_s = time.perf_counter() - start
             save_lora_fp16(model, tmp / "adapter", "../../base" if name != "safety" else "../base")
             if name != "safety":
