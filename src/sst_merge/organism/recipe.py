@@ -72,7 +72,8 @@ class SmolRecipe:
     # Benign Alpaca instructions answered with the original model's own greedy replies.
     benign_sizes: dict[str, int] = field(default_factory=lambda: {"train": 360, "val": 100, "test": 100})
     reply_tokens: int = 64
-    alignment: LoraRecipe = LoraRecipe(rank=8, alpha=16, lr=4e-4, steps=300)
+    # 450 steps (the first recipe: 300) for the larger alignment data below.
+    alignment: LoraRecipe = LoraRecipe(rank=8, alpha=16, lr=4e-4, steps=450)
     expert: LoraRecipe = UNIFORM_EXPERT_LORA
     safety: LoraRecipe = LoraRecipe(rank=4, alpha=8, lr=5e-4, steps=120)
     targets: tuple[str, ...] = LORA_TARGETS
@@ -95,13 +96,17 @@ class SmolRecipe:
     # harmful-pool prompts and benign instructions after their test splits (training only), frame-matched
     # harmful and safe requests with each act in this many frames (`contrast_prompts`), and each
     # borderline item in this many frames (`safety_pool.borderline_items_in_frames`; 0: the fixed list).
-    alignment_extra_harmful: int = 0
-    alignment_extra_benign: int = 0
-    frame_matched_frames: int = 0
-    borderline_frames: int = 0
+    # Chosen on validation sets (harmful val, HarmBench val, held-out borderline items, benign val; issue
+    # #13's notes): with the first recipe's data 0.93 / 0.634 / 0.373 / 0.11, with these 0.95 / 0.756 /
+    # 0.39 / 0.13 (refusal up, over-refusal not down), and with the opening weight below 0.95 / 0.756 /
+    # 0.271 / 0.08.
+    alignment_extra_harmful: int = 600
+    alignment_extra_benign: int = 360
+    frame_matched_frames: int = 3
+    borderline_frames: int = 3
     # The alignment loss's weight on each reply's first tokens (`testbed.train.reply_loss`; 1: a plain
     # mean): where the model decides between refusing and answering.
-    alignment_opening_weight: float = 1.0
+    alignment_opening_weight: float = 10.0
     # The safety adapter's rows (SAFETY_DATA) and its loss's weight on each reply's opening tokens (as the
     # alignment's). On a base aligned with added prompts, the first recipe's parts are a narrower mix than
     # the base learnt from.
