@@ -125,13 +125,18 @@ class SmolRecipe:
         """Training rows of `task` beyond its train split (0 for the uniform recipe)."""
         return max(0, self.expert_train_rows.get(task, 0) - self.task_sizes["train"])
 
-    def alignment_additions(self) -> dict[str, int]:
+    def departures(self, names: tuple[str, ...]) -> dict[str, object]:
+        """Those of the settings `names` (all in ADDED_LATER) that depart from what a recipe written
+        before them meant (empty for the first recipe)."""
+        return {name: getattr(self, name) for name in names if getattr(self, name) != ADDED_LATER[name]}
+
+    def alignment_additions(self) -> dict[str, object]:
         """The alignment-data settings that depart from the first recipe (empty for it)."""
-        return {name: getattr(self, name) for name in ALIGNMENT_ADDITIONS if getattr(self, name)}
+        return self.departures(ALIGNMENT_ADDITIONS)
 
     def safety_departures(self) -> dict[str, object]:
         """The safety adapter's settings that depart from the first recipe (empty for it)."""
-        return {name: getattr(self, name) for name in SAFETY_SETTINGS if getattr(self, name) != ADDED_LATER[name]}
+        return self.departures(SAFETY_SETTINGS)
 
     @classmethod
     def from_dict(cls, data: dict) -> SmolRecipe:
