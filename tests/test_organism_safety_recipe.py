@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from sst_merge.errors import InputError
-from sst_merge.organism.recipe import SAFETY_SETTINGS, SmolRecipe, recipe_from_file
+from sst_merge.organism.recipe import ADDED_LATER, SAFETY_SETTINGS, SmolRecipe, recipe_from_file
 from sst_merge.organism.smollm2_build import SmolBuild, safety_rows
 
 
@@ -19,16 +19,17 @@ def _rows(name: str, n: int) -> list[dict[str, str]]:
 
 def test_the_safety_settings_change_the_safety_adapter_alone_and_a_recipe_without_them_keeps_its_keys():
     today = SmolRecipe()
-    written_before = {k: v for k, v in today.to_dict().items() if k not in SAFETY_SETTINGS}
-    assert SmolRecipe.from_dict(written_before) == today and today.safety_departures() == {}
-    changed = SmolRecipe.from_dict({**today.to_dict(), "safety_data": "alignment", "safety_opening_weight": 10})
-    assert changed.safety_departures() == {"safety_data": "alignment", "safety_opening_weight": 10.0}
-    assert changed.content_hash() != today.content_hash()
-    plain, other = SmolBuild(today, Path("w")), SmolBuild(changed, Path("w"))
+    first = SmolRecipe.from_dict({**today.to_dict(), **{name: ADDED_LATER[name] for name in SAFETY_SETTINGS}})
+    written_before = {k: v for k, v in first.to_dict().items() if k not in SAFETY_SETTINGS}
+    assert SmolRecipe.from_dict(written_before) == first and first.safety_departures() == {}
+    # Today's defaults are the validation-chosen settings (recipe.py says how they were chosen).
+    assert today.safety_departures() == {"safety_data": "alignment", "safety_opening_weight": 10.0}
+    assert today.content_hash() != first.content_hash()
+    plain, other = SmolBuild(first, Path("w")), SmolBuild(today, Path("w"))
     assert plain.alignment_key() == other.alignment_key()
     assert plain.adapter_key("addition") == other.adapter_key("addition")
     assert plain.adapter_key("safety") != other.adapter_key("safety")
-    weight_only = SmolBuild(SmolRecipe.from_dict({**today.to_dict(), "safety_opening_weight": 10}), Path("w"))
+    weight_only = SmolBuild(SmolRecipe.from_dict({**first.to_dict(), "safety_opening_weight": 10}), Path("w"))
     assert len({plain.adapter_key("safety"), other.adapter_key("safety"), weight_only.adapter_key("safety")}) == 3
 
 

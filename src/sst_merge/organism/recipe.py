@@ -109,9 +109,12 @@ class SmolRecipe:
     alignment_opening_weight: float = 10.0
     # The safety adapter's rows (SAFETY_DATA) and its loss's weight on each reply's opening tokens (as the
     # alignment's). On a base aligned with added prompts, the first recipe's parts are a narrower mix than
-    # the base learnt from.
-    safety_data: str = "parts"
-    safety_opening_weight: float = 1.0
+    # the base learnt from. Chosen on validation sets (`scripts/probe_safety.py`; refusal on harmful val /
+    # HarmBench val, over-refusal on benign val / unseen-frame borderline items; issue #13's notes): base
+    # 0.94 / 0.756 / 0.071 / 0.108, "parts" at weight 1 0.93 / 0.659 / 0.071 / 0.108, these 0.95 / 0.707 /
+    # 0.111 / 0.125 (refusal back to the base's, over-refusal within +0.05).
+    safety_data: str = "alignment"
+    safety_opening_weight: float = 10.0
 
     def __post_init__(self) -> None:
         if self.safety_data not in SAFETY_DATA:
