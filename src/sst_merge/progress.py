@@ -1,8 +1,10 @@
-"""Progress bars for long work (rich), quiet when stderr is not a terminal unless asked."""
+"""Progress bars for long work (rich); when stderr is not a terminal (a log file, nohup), a plain line at
+most once a minute instead."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 from rich.console import Console
@@ -38,8 +40,29 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
     """Iterate over `items` with a progress bar labelled `description`."""
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]
+    if not console.is_terminal:
+        yield from plain_progress(items, description, total, console.log)
+        return
     with make_progress() as progress:
         task = progress.add_task(description, total=total)
         for item in items:
             yield item
             progress.advance(task)
+
+
+def plain_progress(items: Iterable[T], description: str, total: int | None, write: Callable[[str], object],
+                   every_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> Iterator[T]:
+    """Iterate over `items`, writing "description: done/total, elapsed" at most once every `every_s`
+    seconds and, for work that took that long, once at the end (a log shows where a long stage is)."""
+    start = last = clock()
+    done = 0
+    for item in items:
+        yield item
+        done += 1
+        now = clock()
+        if now - last >= every_s:
+            write(f"{description}: {done}/{total if total is not None else '?'}, {now - start:.0f} s")
+            last = now
+    end = clock()
+    if end - start >= every_s:
+        write(f"{description}: {done}/{total if total is not None else '?'} done, {end - start:.0f} s")
