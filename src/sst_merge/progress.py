@@ -41,13 +41,18 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]
     if not console.is_terminal:
-        yield from plain_progress(items, description, total, console.log)
+        yield from plain_progress(items, description, total, _log_line)
         return
     with make_progress() as progress:
         task = progress.add_task(description, total=total)
         for item in items:
             yield item
             progress.advance(task)
+
+
+def _log_line(line: str) -> None:
+    """One timestamped line on stderr (no source location: it would name this module every time)."""
+    console.print(f"{time.strftime('%H:%M:%S')} {line}", markup=False, highlight=False, soft_wrap=True)
 
 
 def plain_progress(items: Iterable[T], description: str, total: int | None, write: Callable[[str], object],
