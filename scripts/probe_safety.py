@@ -2,14 +2,15 @@
 """Probe safety-adapter settings on VALIDATION sets before a reship (issue #13's notes give its figures).
 Not part of the build; nothing shipped.
 
-    python scripts/probe_safety.py --set safety_data=alignment --set safety_opening_weight=10 --tag align-w10
+    echo '{"safety_data": "alignment", "safety_opening_weight": 10}' > settings.json
+    python scripts/probe_safety.py --recipe settings.json --tag align-w10
 
 From a filled stage cache of `organism build smollm2-135m` (today's recipe), it trains the safety adapter
-with the recipe's settings changed as `--set` says, through the build's own stage (so a later
-`organism build ... --recipe FILE` with the same settings takes it from the cache instead of training
-again), then measures refusal of the base, today's safety adapter and the candidate on: the harmful val
-split, HarmBench val (standard), the benign val split, and the borderline items asked in the frames the
-build did not train on. Results: OUT/results-TAG.json.
+with the settings the `--recipe` file names (read as `organism build --recipe` reads it), through the
+build's own stage (so a later `organism build ... --recipe FILE` with the same settings takes it from the
+cache instead of training again), then measures refusal of the base, today's safety adapter and the
+candidate on: the harmful val split, HarmBench val (standard), the benign val split, and the borderline
+items asked in the frames the build did not train on. Results: OUT/results-TAG.json.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from sst_merge.data.safety import load_harmbench
 from sst_merge.eval.judges import CombinedRefusalJudge
 from sst_merge.generation import generate_chat
 from sst_merge.organism import safety_pool as sp
-from sst_merge.organism.recipe import SmolRecipe
+from sst_merge.organism.recipe import SmolRecipe, recipe_from_file
 from sst_merge.organism.smollm2_build import SmolBuild, _load
 
 
@@ -40,8 +41,8 @@ def unseen_borderline(recipe: SmolRecipe, limit: int) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                        help="a recipe setting of the candidate (JSON value)")
+    parser.add_argument("--recipe", type=Path, required=True, metavar="FILE",
+                        help="JSON object of the candidate's settings (those it names replace today's)")
     parser.add_argument("--tag", required=True)
     parser.add_argument("--borderline", type=int, default=120, help="unseen-frame borderline prompts")
     parser.add_argument("--skip-reference", action="store_true", help="measure only the candidate")
@@ -50,11 +51,8 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     today = SmolRecipe()
-    changes = {}
-    for item in args.set:
-        name, value = item.split("=", 1)
-        changes[name] = json.loads(value) if value[:1] in "0123456789-[{" else value
-    candidate = SmolRecipe.from_dict({**today.to_dict(), **changes})
+    candidate = recipe_from_file(args.recipe, today)
+    changes = {name: value for name, value in candidate.to_dict().items() if today.to_dict()[name] != value}
     build = SmolBuild(candidate, args.work)
     original = build.original()
     prompts = build.data()

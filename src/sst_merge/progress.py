@@ -60,14 +60,14 @@ def plain_progress(items: Iterable[T], description: str, total: int | None, writ
     """Iterate over `items`, writing "description: done/total, elapsed" at most once every `every_s`
     seconds and, for work that took that long, once at the end (a log shows where a long stage is)."""
     start = last = clock()
-    done = 0
+    done, of = 0, total if total is not None else "?"
     for item in items:
         yield item
         done += 1
         now = clock()
         if now - last >= every_s:
-            write(f"{description}: {done}/{total if total is not None else '?'}, {now - start:.0f} s")
+            write(f"{description}: {done}/{of}, {now - start:.0f} s")
             last = now
     end = clock()
     if end - start >= every_s:
-        write(f"{description}: {done}/{total if total is not None else '?'} done, {end - start:.0f} s")
+        write(f"{description}: {done}/{of} done, {end - start:.0f} s")
