@@ -17,7 +17,14 @@ from sst_merge.organism.contrast_prompts import (
     act_overlaps,
     frame_matched_prompts,
 )
-from sst_merge.organism.recipe import ADDED_LATER, ALIGNMENT_ADDITIONS, SAFETY_SETTINGS, SmolRecipe, recipe_from_file
+from sst_merge.organism.recipe import (
+    ADDED_LATER,
+    ALIGNMENT_ADDITIONS,
+    SAFETY_SETTINGS,
+    WEAK_TASK_ROWS,
+    SmolRecipe,
+    recipe_from_file,
+)
 from sst_merge.organism.safety_pool import (
     BORDERLINE_KINDS,
     EvaluationFilter,
@@ -35,9 +42,10 @@ ALIGNMENT_SETTINGS = (*ALIGNMENT_ADDITIONS, "alignment_opening_weight")  # added
 
 
 def _first() -> SmolRecipe:
-    """Today's recipe with the first recipe's alignment (its data, 300 steps, a plain mean loss) and safety
-    adapter (the three parts, a plain mean loss)."""
+    """Today's recipe with the first recipe's alignment (its data, 300 steps, a plain mean loss), safety
+    adapter (the three parts, a plain mean loss) and sort_words rows (1,200; 3,840 since)."""
     first_alignment = {"alignment": {"rank": 8, "alpha": 16, "lr": 4e-4, "steps": 300, "batch_size": 8},
+                       "expert_train_rows": {**WEAK_TASK_ROWS, "sort_words": 1200},
                        **{name: ADDED_LATER[name] for name in (*ALIGNMENT_SETTINGS, *SAFETY_SETTINGS)}}
     return SmolRecipe.from_dict({**SmolRecipe().to_dict(), **first_alignment})
 

@@ -38,14 +38,16 @@ class LoraRecipe:
 # 60 MB budget, so the five among the first 16 tasks (those the minimal experiments merge) get r 8, and
 # the three others keep r 4 (the uniform size) with the longer training and more rows (LONG_TASKS;
 # validation with it: count_words 0.98, even_odd 1.0, repeat_word 1.0). repeat_word has 492 distinct
-# items (450 in its splits): it gets 340 rows.
+# items (450 in its splits): it gets 340 rows. sort_words fitted its 1,200 rows (loss 0.018 after 3.2
+# passes) and stayed at 0.78 on validation on the aligned base; 3,840 rows (one pass of its 480 steps,
+# the same training time) took it to 0.86 (rule set before the run: adopt at ≥ 0.84).
 UNIFORM_EXPERT_LORA = LoraRecipe(rank=4, alpha=8, lr=1e-3, steps=80)
 HARD_TASKS = ("sort_words", "python_eval", "subtraction", "acronym", "time_24h")
 HARD_TASK_LORA = LoraRecipe(rank=8, alpha=16, lr=1e-3, steps=480)
 LONG_TASKS = ("count_words", "even_odd", "repeat_word")
 LONG_TASK_LORA = replace(UNIFORM_EXPERT_LORA, steps=HARD_TASK_LORA.steps)
 # Training rows of every weak task (HARD_TASKS and LONG_TASKS).
-WEAK_TASK_ROWS = {"sort_words": 1200, "python_eval": 1100, "subtraction": 1200, "acronym": 1200,
+WEAK_TASK_ROWS = {"sort_words": 3840, "python_eval": 1100, "subtraction": 1200, "acronym": 1200,
                   "time_24h": 1200, "count_words": 1200, "even_odd": 1200, "repeat_word": 340}
 
 # Settings newer than the first shipped recipe, with the value a recipe written before them means.
